@@ -1,0 +1,123 @@
+"""``textvae train``: a new run from data and config, or ``--resume RUN``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..config import Config, apply_overrides, build_config, list_presets
+from ..data import TextBatches, load_splits, read_texts, split_off_validation
+from ..errors import TextVAEError
+from ..model import CONFIG_FILE, TOKENIZER_DIR, TextVAE
+from ..tokenization import Tokenizer, build_tokenizer
+from ..training import distributed
+from ..training.trainer import Trainer
+
+log = logging.getLogger("textvae")
+
+
+def register(commands) -> None:
+    p = commands.add_parser("train", help="train a model (or continue one with --resume)",
+                            description="Train a sentence VAE. Config: defaults, then --config FILE (YAML/JSON or a "
+                                        f"preset: {', '.join(list_presets())}), then --set overrides.")
+    p.add_argument("--data", help="file (one sentence a line), folder with train/valid/test files, or hf:NAME")
+    p.add_argument("--out", help="new run directory")
+    p.add_argument("--config", help="YAML or JSON config file, or a preset name")
+    p.add_argument("--tokenizer", help="word, bpe, wordpiece, unigram, a tokenizer folder or tokenizer.json, "
+                                       "or a hub name (sets tokenizer.spec)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field by its dotted name, e.g. model.latent_dim=16 (repeatable)")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its last checkpoint")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cuda_device = distributed.init_from_env()
+    try:
+        if args.resume:
+            trainer = _resume(args, cuda_device)
+        else:
+            trainer = _new_run(args, cuda_device)
+        state = trainer.fit()
+    finally:
+        distributed.shutdown()
+    if distributed.rank() == 0:
+        log.info(f"done at step {state['step']}; best validation -ELBO {state['saved_best']:.3f} nats per sentence; "
+                 f"model in {trainer.run_dir}")
+    return 0
+
+
+def _new_run(args: argparse.Namespace, cuda_device) -> Trainer:
+    if not args.data or not args.out:
+        raise TextVAEError("train needs --data PATH and --out RUN (or --resume RUN)")
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise TextVAEError(f"{out} already exists; continue it with --resume {out} or choose another --out")
+    overrides = list(args.overrides) + ([f"tokenizer.spec={args.tokenizer}"] if args.tokenizer else [])
+    config = build_config(args.config, overrides, base={"data": {"path": args.data}})
+    if cuda_device is not None:
+        config.train.device = str(cuda_device)
+    torch.manual_seed(config.train.seed)
+    texts = read_texts(args.data, ["train", "valid"], config.data.text_column)
+    if "valid" not in texts:
+        texts["train"], texts["valid"] = split_off_validation(texts["train"])
+        log.info("no validation split: holding out 5% of the training sentences")
+    if distributed.rank() == 0:
+        tokenizer = build_tokenizer(config.tokenizer, (t for t in texts["train"] if t.strip()))
+        model = TextVAE(config, tokenizer)  # built before the folder exists: bad names fail first
+        out.mkdir(parents=True, exist_ok=True)
+        config.save(out / CONFIG_FILE)
+        tokenizer.save(out / TOKENIZER_DIR)
+    distributed.barrier()
+    tokenizer = Tokenizer.load(out / TOKENIZER_DIR)
+    torch.manual_seed(config.train.seed)  # identical initial weights on every rank
+    model = TextVAE(config, tokenizer)
+    log.info(f"model: {sum(p.numel() for p in model.parameters()):,} parameters; vocabulary {tokenizer.vocab_size:,}")
+    try:
+        return _trainer(model, config, tokenizer, args.data, out, texts)
+    except BaseException:
+        if distributed.rank() == 0 and not (out / "checkpoint").exists():
+            shutil.rmtree(out, ignore_errors=True)  # a run that never started leaves nothing behind
+        raise
+
+
+def _resume(args: argparse.Namespace, cuda_device) -> Trainer:
+    run_dir = Path(args.resume)
+    if not (run_dir / CONFIG_FILE).exists() or not (run_dir / TOKENIZER_DIR).exists():
+        raise TextVAEError(f"{run_dir} is not a textvae run directory (no {CONFIG_FILE} or {TOKENIZER_DIR}/)")
+    if args.out or args.config or args.tokenizer:
+        raise TextVAEError("--resume continues a run as configured; only --data and --set train.* may be given")
+    if any(not o.startswith("train.") for o in args.overrides):
+        raise TextVAEError("with --resume only train.* fields may be overridden (e.g. train.max_steps, train.epochs)")
+    raw = json.loads((run_dir / CONFIG_FILE).read_text())
+    config = Config.from_dict(apply_overrides(raw, args.overrides))
+    if cuda_device is not None:
+        config.train.device = str(cuda_device)
+    data = args.data or config.data.path
+    tokenizer = Tokenizer.load(run_dir / TOKENIZER_DIR)
+    model = TextVAE(config, tokenizer)
+    trainer = _trainer(model, config, tokenizer, data, run_dir, None)
+    trainer.resume()
+    if distributed.rank() == 0:
+        config.save(run_dir / CONFIG_FILE)  # the new limits are part of the run's record
+    return trainer
+
+
+def _trainer(model: TextVAE, config: Config, tokenizer: Tokenizer, data: str, run_dir: Path, texts) -> Trainer:
+    if texts is None:
+        texts = read_texts(data, ["train", "valid"], config.data.text_column)
+        if "valid" not in texts:
+            texts["train"], texts["valid"] = split_off_validation(texts["train"])
+    splits = load_splits(data, tokenizer, ["train", "valid"], config.data.max_length, texts=texts)
+    train_cfg = config.train
+    train = TextBatches(splits["train"], tokenizer, train_cfg.batch_size, train_cfg.seed, True,
+                        config.data.bucket_batches, distributed.rank(), distributed.world_size())
+    valid = TextBatches(splits["valid"], tokenizer, train_cfg.eval_batch_size, shuffle=False)
+    if train.num_batches(0) == 0:
+        raise TextVAEError("the training split has fewer sentences than one batch per process")
+    return Trainer(model, train_cfg, config.objective, train, valid, run_dir)

@@ -1,0 +1,131 @@
+"""Using a trained model: sample, reconstruct, encode, complete, interpolate.
+
+Results go to stdout, one sentence (or JSON object) a line; logs to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..errors import TextVAEError
+from ..model import TextVAE
+from ..training.trainer import resolve_device
+
+
+def _common(p: argparse.ArgumentParser, decoding: str) -> None:
+    p.add_argument("run", metavar="RUN", help="run directory of a trained model")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    if decoding:
+        p.add_argument("--strategy", choices=("greedy", "sample", "beam"), default=decoding,
+                       help=f"decoding (default {decoding})")
+        p.add_argument("--temperature", type=float, default=1.0)
+        p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: all)")
+        p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: off)")
+        p.add_argument("--beam-size", type=int, default=4)
+        p.add_argument("--length-penalty", type=float, default=1.0)
+        p.add_argument("--max-length", type=int, default=None, help="tokens per sentence (default: data.max_length)")
+        p.add_argument("--seed", type=int, default=None, help="makes the output reproducible")
+
+
+def register(commands) -> None:
+    p = commands.add_parser("sample", help="sentences decoded from z ~ N(0, I)")
+    _common(p, "sample")
+    p.add_argument("-n", type=int, default=10, help="how many sentences")
+    p.set_defaults(handler=_sample)
+
+    p = commands.add_parser("reconstruct", help="decode sentences from their posterior mean")
+    _common(p, "greedy")
+    p.add_argument("texts", nargs="*", metavar="TEXT", help="sentences (default: one a line on stdin)")
+    p.set_defaults(handler=_reconstruct)
+
+    p = commands.add_parser("encode", help="posterior mean and log-variance of sentences, as JSON lines")
+    _common(p, "")
+    p.add_argument("texts", nargs="*", metavar="TEXT", help="sentences (default: one a line on stdin)")
+    p.set_defaults(handler=_encode)
+
+    p = commands.add_parser("complete", help="continuations of a prefix drawn from p(z | prefix)")
+    _common(p, "sample")
+    p.add_argument("prefix", metavar="PREFIX")
+    p.add_argument("-n", type=int, default=5, help="how many completions")
+    p.add_argument("--proposals", type=int, default=512, help="importance samples of z for p(z | prefix)")
+    p.set_defaults(handler=_complete)
+
+    p = commands.add_parser("interpolate", help="sentences along the latent path between two sentences")
+    _common(p, "greedy")
+    p.add_argument("start", metavar="A")
+    p.add_argument("end", metavar="B")
+    p.add_argument("--steps", type=int, default=7)
+    p.add_argument("--method", choices=("linear", "slerp"), default="linear")
+    p.set_defaults(handler=_interpolate)
+
+
+def _load(args: argparse.Namespace) -> TextVAE:
+    return TextVAE.from_pretrained(args.run, device=resolve_device(args.device))
+
+
+def _options(args: argparse.Namespace) -> dict:
+    options = {"strategy": args.strategy, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+               "beam_size": args.beam_size, "length_penalty": args.length_penalty, "max_length": args.max_length,
+               "seed": args.seed}
+    if args.temperature <= 0 or args.top_k < 0 or not 0 < args.top_p <= 1 or args.beam_size < 1 \
+            or (args.max_length is not None and args.max_length < 1):
+        raise TextVAEError("need --temperature > 0, --top-k >= 0, 0 < --top-p <= 1, --beam-size >= 1, --max-length >= 1")
+    return options
+
+
+def _texts(args: argparse.Namespace) -> list[str]:
+    """Sentences from the arguments, or one a line from stdin (strict UTF-8)."""
+    if args.texts:
+        texts = list(args.texts)
+    else:
+        raw = sys.stdin.buffer.read()
+        try:
+            texts = raw.decode("utf-8").splitlines()
+        except UnicodeDecodeError as error:
+            line = raw[: error.start].count(b"\n") + 1
+            raise TextVAEError(f"standard input is not UTF-8 text (line {line})") from None
+    if not texts:
+        raise TextVAEError("no sentences given (as arguments or on standard input)")
+    for number, text in enumerate(texts, 1):
+        if not text.strip():
+            raise TextVAEError(f"sentence {number} is empty")
+    return texts
+
+
+def _emit(lines: list[str]) -> None:
+    for line in lines:
+        print(line)
+
+
+def _sample(args: argparse.Namespace) -> None:
+    if args.n < 1:
+        raise TextVAEError("-n must be >= 1")
+    _emit(_load(args).sample(args.n, **_options(args)))
+
+
+def _reconstruct(args: argparse.Namespace) -> None:
+    texts = _texts(args)
+    _emit(_load(args).reconstruct(texts, **_options(args)))
+
+
+def _encode(args: argparse.Namespace) -> None:
+    texts = _texts(args)
+    q = _load(args).encode(texts)
+    for text, mean, logvar in zip(texts, q.mean.tolist(), q.logvar.tolist()):
+        print(json.dumps({"text": text, "mean": [round(v, 6) for v in mean], "logvar": [round(v, 6) for v in logvar]}))
+
+
+def _complete(args: argparse.Namespace) -> None:
+    if args.n < 1 or args.proposals < 1:
+        raise TextVAEError("-n and --proposals must be >= 1")
+    _emit(_load(args).complete(args.prefix, args.n, proposals=args.proposals, **_options(args)))
+
+
+def _interpolate(args: argparse.Namespace) -> None:
+    for text in (args.start, args.end):
+        if not text.strip():
+            raise TextVAEError("interpolation endpoints must not be empty")
+    _emit(_load(args).interpolate(args.start, args.end, args.steps, method=args.method, **_options(args)))
+

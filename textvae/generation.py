@@ -1,0 +1,183 @@
+"""One batched generation engine for every decoder.
+
+A decoder offers ``initial_state(z, B)``, ``forward(inputs, state) ->
+(hidden, state)``, ``output`` (hidden -> logits) and ``select_state(state,
+index)``. The state is the cache (LSTM (h, c); Transformer keys and values),
+so each new token costs one decoder step over one position.
+
+Strategies: greedy, sampling (temperature, top-k, top-p) and beam search
+(width, length normalisation). Optional per-row prefixes are forced before
+the model continues (prefix completion).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class GenerationConfig:
+    strategy: str = "greedy"  # greedy, sample or beam
+    temperature: float = 1.0
+    top_k: int = 0  # 0: no top-k filter
+    top_p: float = 1.0  # nucleus sampling (Holtzman et al. 2020); 1: off
+    beam_size: int = 4
+    length_penalty: float = 1.0  # beam score = log p / length ** length_penalty
+    max_length: int = 50  # tokens per output sentence, prefix included, eos excluded
+
+    def __post_init__(self) -> None:
+        if self.strategy not in ("greedy", "sample", "beam"):
+            raise ValueError(f"unknown strategy {self.strategy!r} (greedy, sample, beam)")
+        if self.temperature <= 0 or self.top_k < 0 or not 0 < self.top_p <= 1 or self.beam_size < 1 \
+                or self.max_length < 1:
+            raise ValueError("invalid generation settings: temperature > 0, top_k >= 0, 0 < top_p <= 1, "
+                             "beam_size >= 1 and max_length >= 1 are required")
+
+
+def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
+    """Set to -inf every logit outside the top-k and outside the smallest set
+    whose probability reaches top_p. logits (N, V) -> (N, V)."""
+    if top_k > 0:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop_sorted = cumulative - sorted_logits.softmax(-1) >= top_p  # keep the token that crosses top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def choose(logits: Tensor, config: GenerationConfig, generator: Optional[torch.Generator]) -> Tensor:
+    """Next token per row, logits (N, V) -> (N,)."""
+    if config.strategy == "greedy":
+        return logits.argmax(-1)
+    logits = filter_logits(logits.float() / config.temperature, config.top_k, config.top_p)
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
+
+
+def _prefix_tensor(prefixes: list[list[int]], device: torch.device) -> tuple[Tensor, Tensor]:
+    """Padded prefixes (B, L) and their lengths (B,)."""
+    width = max(1, max(len(p) for p in prefixes))
+    table = torch.zeros(len(prefixes), width, dtype=torch.long)
+    for row, prefix in enumerate(prefixes):
+        table[row, : len(prefix)] = torch.tensor(prefix, dtype=torch.long)
+    return table.to(device), torch.tensor([len(p) for p in prefixes], device=device)
+
+
+@torch.no_grad()
+def generate(decoder: nn.Module, z: Optional[Tensor], batch_size: int, bos_id: int, eos_id: int,
+             config: GenerationConfig, prefixes: Optional[list[list[int]]] = None,
+             generator: Optional[torch.Generator] = None) -> list[list[int]]:
+    """Token ids of each row's sentence (prefix included; no bos, no eos).
+
+    z: (B, D) or None for a language model.
+    """
+    prefixes = prefixes or [[] for _ in range(batch_size)]
+    if config.strategy == "beam":
+        return beam_search(decoder, z, batch_size, bos_id, eos_id, config, prefixes)
+    device = decoder.output.weight.device
+    table, prefix_len = _prefix_tensor(prefixes, device)
+    common = min(len(p) for p in prefixes)
+    state = decoder.initial_state(z, batch_size)
+    start = torch.cat([torch.full((batch_size, 1), bos_id, device=device), table[:, :common]], dim=1)
+    hidden, state = decoder(start, state)  # the shared prefix in one call
+    logits = decoder.output(hidden[:, -1]).float()  # (B, V)
+    steps = [table[:, i] for i in range(common)]
+    finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
+    for position in range(common, config.max_length):
+        forced = prefix_len > position
+        token = choose(logits, config, generator)
+        if forced.any():
+            token = torch.where(forced, table[:, min(position, table.shape[1] - 1)], token)
+        token = torch.where(finished, torch.full_like(token, eos_id), token)
+        finished = finished | ((token == eos_id) & ~forced)
+        steps.append(token)
+        if bool(finished.all()):
+            break
+        hidden, state = decoder(token.unsqueeze(1), state)
+        logits = decoder.output(hidden[:, -1]).float()
+    out = torch.stack(steps, 1).tolist() if steps else [[] for _ in range(batch_size)]
+    return [_until_eos(row, eos_id, len(prefixes[i])) for i, row in enumerate(out)]
+
+
+def _until_eos(tokens: list[int], eos_id: int, keep: int) -> list[int]:
+    """Cut at the first eos after the forced prefix."""
+    for position in range(keep, len(tokens)):
+        if tokens[position] == eos_id:
+            return tokens[:position]
+    return tokens
+
+
+@torch.no_grad()
+def beam_search(decoder: nn.Module, z: Optional[Tensor], batch_size: int, bos_id: int, eos_id: int,
+                config: GenerationConfig, prefixes: list[list[int]]) -> list[list[int]]:
+    """Beam search of width W over B rows at once (B * W decoder rows).
+
+    A hypothesis ends when it emits eos among the W best candidates; its score
+    is its log-probability divided by length ** length_penalty. A row stops
+    when it holds W ended hypotheses. Width 1 is greedy decoding.
+    """
+    width, device = config.beam_size, decoder.output.weight.device
+    table, prefix_len = _prefix_tensor(prefixes, device)
+    rows = torch.arange(batch_size, device=device).repeat_interleave(width)  # (B*W,)
+    state = decoder.initial_state(None if z is None else z[rows], batch_size * width)
+    hidden, state = decoder(torch.full((batch_size * width, 1), bos_id, device=device), state)
+    logits = decoder.output(hidden[:, -1]).float()
+    scores = torch.full((batch_size, width), float("-inf"), device=device)
+    scores[:, 0] = 0.0  # one live beam at the start, so beams do not duplicate
+    history = torch.zeros(batch_size, width, 0, dtype=torch.long, device=device)
+    ended: list[list[tuple[float, list[int]]]] = [[] for _ in range(batch_size)]
+    done = [False] * batch_size
+    vocab = logits.shape[-1]
+    for position in range(config.max_length + 1):
+        log_probs = logits.log_softmax(-1).view(batch_size, width, vocab)
+        forced = (prefix_len > position).view(batch_size, 1, 1)
+        if bool(forced.any()):
+            target = table[:, min(position, table.shape[1] - 1)].view(batch_size, 1, 1).expand(-1, width, 1)
+            only = torch.full_like(log_probs, float("-inf")).scatter(-1, target, log_probs.gather(-1, target))
+            log_probs = torch.where(forced, only, log_probs)
+        if position == config.max_length:  # out of room: only eos may follow
+            keep_eos = torch.full_like(log_probs, float("-inf"))
+            keep_eos[..., eos_id] = log_probs[..., eos_id]
+            log_probs = keep_eos
+        candidates = (scores.unsqueeze(-1) + log_probs).view(batch_size, -1)  # (B, W*V)
+        top_scores, top_index = candidates.topk(2 * width, dim=-1)
+        beam_of, token_of = top_index // vocab, top_index % vocab
+        next_scores = torch.full_like(scores, float("-inf"))
+        next_beam = torch.zeros_like(scores, dtype=torch.long)
+        next_token = torch.full_like(next_beam, eos_id)
+        for b in range(batch_size):
+            if done[b]:
+                continue
+            filled = 0
+            for rank in range(2 * width):
+                score = float(top_scores[b, rank])
+                if score == float("-inf"):
+                    break
+                beam, token = int(beam_of[b, rank]), int(token_of[b, rank])
+                if token == eos_id and position >= int(prefix_len[b]):
+                    if rank < width:
+                        tokens = history[b, beam].tolist()
+                        ended[b].append((score / (len(tokens) + 1) ** config.length_penalty, tokens))
+                    continue
+                next_scores[b, filled], next_beam[b, filled], next_token[b, filled] = score, beam, token
+                filled += 1
+                if filled == width:
+                    break
+            done[b] = len(ended[b]) >= width or filled == 0
+        if all(done):
+            break
+        history = torch.cat([history.gather(1, next_beam.unsqueeze(-1).expand(-1, -1, history.shape[2])),
+                             next_token.unsqueeze(-1)], dim=-1)
+        scores = next_scores
+        flat_beams = (torch.arange(batch_size, device=device).unsqueeze(1) * width + next_beam).view(-1)
+        state = decoder.select_state(state, flat_beams)
+        hidden, state = decoder(next_token.view(-1, 1), state)
+        logits = decoder.output(hidden[:, -1]).float()
+    return [max(hyps, key=lambda h: h[0])[1] if hyps else [] for hyps in ended]

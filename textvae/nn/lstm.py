@@ -1,0 +1,101 @@
+"""LSTM encoder and decoder (Bowman et al. 2016; He et al. 2019's PTB setup)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from ..config import ModelConfig
+
+
+class LSTMEncoder(nn.Module):
+    """(Bidirectional, multi-layer) LSTM over the whole sentence; the feature
+    for q(z|x) is the last layer's final hidden state (both directions)."""
+
+    def __init__(self, config: ModelConfig, vocab_size: int, pad_id: int) -> None:
+        super().__init__()
+        width = config.encoder_width
+        self.embedding = nn.Embedding(vocab_size, config.embed_dim, padding_idx=pad_id)
+        self.dropout = nn.Dropout(config.dropout)
+        self.lstm = nn.LSTM(config.embed_dim, width, config.encoder_layers, batch_first=True,
+                            bidirectional=config.bidirectional,
+                            dropout=config.dropout if config.encoder_layers > 1 else 0.0)
+        self.output_dim = width * (2 if config.bidirectional else 1)
+
+    def forward(self, tokens: Tensor, lengths: Tensor) -> Tensor:
+        """tokens (B, T) framed with bos/eos, lengths (B,) -> features (B, F)."""
+        embedded = self.dropout(self.embedding(tokens))  # (B, T, E)
+        # Packing makes the final state that of each sentence's real end, so
+        # padding never reaches the features.
+        packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        _, (hidden, _) = self.lstm(packed)  # hidden: (layers * directions, B, H)
+        if self.lstm.bidirectional:
+            return torch.cat([hidden[-2], hidden[-1]], dim=-1)  # (B, 2H)
+        return hidden[-1]  # (B, H)
+
+
+class LSTMDecoder(nn.Module):
+    """Autoregressive LSTM language model conditioned on z.
+
+    ``latent_to_decoder`` picks how z enters: ``init`` sets the initial cell
+    state c0 = W z and h0 = tanh(c0); ``input`` concatenates z to every input
+    embedding (He et al. 2019); ``both`` does both. Without a latent
+    (``latent_dim=0``) it is a plain LSTM language model.
+
+    The recurrent state is the generation cache: each new token costs one step.
+    """
+
+    def __init__(self, config: ModelConfig, vocab_size: int, pad_id: int) -> None:
+        super().__init__()
+        latent = config.latent_dim
+        self.latent_in_input = latent > 0 and config.latent_to_decoder in ("input", "both")
+        self.latent_in_state = latent > 0 and config.latent_to_decoder in ("init", "both")
+        self.layers, self.hidden_dim = config.decoder_layers, config.hidden_dim
+        self.embedding = nn.Embedding(vocab_size, config.embed_dim, padding_idx=pad_id)
+        self.dropout = nn.Dropout(config.dropout)
+        input_dim = config.embed_dim + (latent if self.latent_in_input else 0)
+        self.lstm = nn.LSTM(input_dim, config.hidden_dim, config.decoder_layers, batch_first=True,
+                            dropout=config.dropout if config.decoder_layers > 1 else 0.0)
+        if self.latent_in_state:
+            self.latent_to_cell = nn.Linear(latent, config.decoder_layers * config.hidden_dim)
+        self.output = nn.Linear(config.hidden_dim, vocab_size)
+        if config.tie_embeddings:
+            if config.embed_dim != config.hidden_dim:
+                raise ValueError("model.tie_embeddings needs model.embed_dim == model.hidden_dim")
+            self.output.weight = self.embedding.weight
+
+    def initial_state(self, z: Optional[Tensor], batch_size: int) -> dict[str, Tensor]:
+        """The state before bos: the LSTM's (h, c), each (layers, B, H), and z."""
+        weight = self.output.weight
+        if self.latent_in_state and z is not None:
+            cell = self.latent_to_cell(z).view(-1, self.layers, self.hidden_dim).transpose(0, 1).contiguous()
+            hidden = torch.tanh(cell)
+        else:
+            cell = weight.new_zeros(self.layers, batch_size, self.hidden_dim)
+            hidden = torch.zeros_like(cell)
+        state = {"h": hidden, "c": cell}
+        if self.latent_in_input and z is not None:
+            state["z"] = z
+        return state
+
+    def forward(self, inputs: Tensor, state: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """inputs (B, T) -> hidden states (B, T, H) and the state after them.
+
+        Causal by construction: position t sees only inputs up to t, so padding
+        after a sentence never changes its outputs.
+        """
+        embedded = self.dropout(self.embedding(inputs))  # (B, T, E)
+        if "z" in state:
+            z = state["z"].to(embedded.dtype)
+            embedded = torch.cat([embedded, z.unsqueeze(1).expand(-1, inputs.shape[1], -1)], dim=-1)
+        hidden, (h, c) = self.lstm(embedded, (state["h"].to(embedded.dtype), state["c"].to(embedded.dtype)))
+        new_state = dict(state, h=h, c=c)
+        return self.dropout(hidden), new_state  # (B, T, H)
+
+    @staticmethod
+    def select_state(state: dict[str, Tensor], index: Tensor) -> dict[str, Tensor]:
+        """Reorder the batch of a state (beam search): index (B',) -> B' rows."""
+        return {k: v.index_select(1 if k in ("h", "c") else 0, index) for k, v in state.items()}

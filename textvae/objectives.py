@@ -1,0 +1,115 @@
+"""The training objective shared by the text and image models.
+
+Everything is per example in nats: the model returns per-example
+reconstruction terms -log p(x|z) and closed-form KL terms; this module weights
+and floors the KL, and reduces to the scalar that training minimises.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .config import ObjectiveConfig
+
+
+@dataclass
+class VAEOutput:
+    """What a VAE's forward pass returns (shapes for a batch of B examples).
+
+    rec:        (B,) -log p(x|z) for one z ~ q(z|x), nats per example
+    kl:         (B,) KL(q(z|x) || p(z)) in closed form, nats per example
+    kl_per_dim: (B, D) the same per latent dimension (None without a latent)
+    mean, logvar: (B, D) q(z|x)'s parameters (None without a latent)
+    tokens:     (B,) predicted units per example (tokens incl. eos; pixels)
+    """
+
+    rec: Tensor
+    kl: Tensor
+    kl_per_dim: Optional[Tensor] = None
+    mean: Optional[Tensor] = None
+    logvar: Optional[Tensor] = None
+    tokens: Optional[Tensor] = None
+
+    @property
+    def elbo(self) -> Tensor:
+        """(B,) the evidence lower bound, log p(x) >= -(rec + kl)."""
+        return -(self.rec + self.kl)
+
+
+def kl_weight(config: ObjectiveConfig, step: int, total_steps: int) -> float:
+    """The KL weight beta at optimisation ``step`` (0-based).
+
+    - linear: from ``kl_start`` to ``kl_weight`` over ``kl_warmup_steps``
+      (Bowman et al. 2016 anneal the weight from 0 to 1).
+    - logistic: kl_weight / (1 + exp(-k (step - warmup/2))), Bowman et al. 2016.
+    - cyclical: Fu et al. 2019 ("Cyclical Annealing Schedule"): ``kl_cycles``
+      cycles over ``total_steps``; in each, the weight rises linearly from 0 to
+      ``kl_weight`` during the first ``kl_cycle_ratio`` of the cycle, then holds.
+    """
+    top = config.kl_weight
+    if config.kl_schedule == "constant":
+        return top
+    if config.kl_schedule == "linear":
+        progress = min(1.0, step / config.kl_warmup_steps)
+        return config.kl_start + (top - config.kl_start) * progress
+    if config.kl_schedule == "logistic":
+        midpoint = config.kl_warmup_steps / 2
+        x = -config.kl_logistic_k * (step - midpoint)
+        return top / (1.0 + math.exp(min(x, 700.0)))
+    if config.kl_schedule == "cyclical":
+        cycle_length = max(1, math.ceil(max(total_steps, 1) / config.kl_cycles))
+        position = (step % cycle_length) / cycle_length
+        return top * min(1.0, position / config.kl_cycle_ratio)
+    raise ValueError(f"unknown KL schedule {config.kl_schedule!r}")
+
+
+def free_bits_kl(kl_per_dim: Tensor, free_bits: float, mode: str) -> Tensor:
+    """The KL term the loss uses, (B,), floored so the optimiser stops pushing
+    KL below ``free_bits`` nats (no gradient below the floor).
+
+    - dim_batch: per dimension on the batch mean, max(lambda, E_batch KL_d)
+      (Kingma et al. 2016, "Improved Variational Inference with Inverse
+      Autoregressive Flow", eq. 15; the batch-level form of Li et al. 2019).
+    - dim_example: per dimension and per example, max(lambda, KL_d(x)).
+    - total: a target on each example's whole KL, max(lambda, KL(x)).
+    The result's batch mean is the floored KL of the batch.
+    """
+    if free_bits <= 0:
+        return kl_per_dim.sum(-1)
+    if mode == "dim_batch":
+        batch_mean = kl_per_dim.mean(0, keepdim=True)  # (1, D)
+        # Per example: its own KL where the dimension is above the floor (so
+        # the mean is unchanged), the constant floor where it is below.
+        floored = torch.where(batch_mean > free_bits, kl_per_dim, torch.full_like(kl_per_dim, free_bits))
+        return floored.sum(-1)
+    if mode == "dim_example":
+        return kl_per_dim.clamp(min=free_bits).sum(-1)
+    if mode == "total":
+        return kl_per_dim.sum(-1).clamp(min=free_bits)
+    raise ValueError(f"unknown free-bits mode {mode!r}")
+
+
+def elbo_loss(output: VAEOutput, beta: float, config: ObjectiveConfig) -> Tensor:
+    """Scalar loss: batch mean of rec + beta * (floored) KL, nats per example."""
+    if output.kl_per_dim is None:
+        return output.rec.mean()
+    kl_term = free_bits_kl(output.kl_per_dim, config.free_bits, config.free_bits_mode)
+    return (output.rec + beta * kl_term).mean()
+
+
+def word_dropout(tokens: Tensor, rate: float, unk_id: int, protected: Tensor,
+                 generator: Optional[torch.Generator] = None) -> Tensor:
+    """Bowman et al. 2016: replace each decoder input token by unk with
+    probability ``rate``, except where ``protected`` (bos, eos, pad) is True.
+
+    tokens, protected: (B, T). Returns a new tensor; ``tokens`` is unchanged.
+    """
+    if rate <= 0:
+        return tokens
+    drop = torch.rand(tokens.shape, generator=generator, device=tokens.device) < rate
+    return tokens.masked_fill(drop & ~protected, unk_id)

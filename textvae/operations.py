@@ -1,0 +1,146 @@
+"""What people do with a trained model: sample, reconstruct, encode,
+complete and interpolate. Every decoding goes through ``generation.generate``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .data import TextBatch
+from .errors import TextVAEError
+from .generation import GenerationConfig, generate
+from .latent import DiagonalGaussian, standard_normal_log_prob
+
+
+def _generator(model, seed: Optional[int]) -> Optional[torch.Generator]:
+    return None if seed is None else torch.Generator(device=model.device).manual_seed(seed)
+
+
+def _settings(model, strategy: str, max_length: Optional[int], **options) -> GenerationConfig:
+    return GenerationConfig(strategy=strategy, max_length=max_length or model.config.data.max_length, **options)
+
+
+def _decode(model, z: Optional[Tensor], n: int, settings: GenerationConfig, generator=None,
+            prefixes: Optional[list[list[int]]] = None) -> list[list[int]]:
+    tok = model.tokenizer
+    return generate(model.decoder, z, n, tok.bos_id, tok.eos_id, settings, prefixes, generator)
+
+
+@torch.no_grad()
+def sample(model, n: int = 10, strategy: str = "sample", seed: Optional[int] = None,
+           max_length: Optional[int] = None, **options) -> list[str]:
+    """n sentences: z ~ N(0, I), then decoded (sampled by default)."""
+    model.eval()
+    generator = _generator(model, seed)
+    z = None
+    if model.latent_dim > 0:
+        z = torch.randn(n, model.latent_dim, generator=generator, device=model.device)
+    return model.tokenizer.decode_batch(_decode(model, z, n, _settings(model, strategy, max_length, **options),
+                                                generator))
+
+
+@torch.no_grad()
+def encode(model, texts: list[str]) -> DiagonalGaussian:
+    """q(z|x) of each text: mean and logvar (N, D)."""
+    model.eval()
+    return model.posterior(model.batch(texts))
+
+
+@torch.no_grad()
+def reconstruct(model, texts: list[str], strategy: str = "greedy", use_mean: bool = True,
+                seed: Optional[int] = None, max_length: Optional[int] = None, **options) -> list[str]:
+    """Decode each text from its posterior mean (or a posterior sample)."""
+    q = encode(model, texts)
+    generator = _generator(model, seed)
+    z = q.mean if use_mean else q.sample(generator=generator)
+    settings = _settings(model, strategy, max_length, **options)
+    return model.tokenizer.decode_batch(_decode(model, z, len(texts), settings, generator))
+
+
+@torch.no_grad()
+def posterior_given_prefix(model, prefix_ids: list[int], n: int, proposals: int = 512,
+                           generator: Optional[torch.Generator] = None) -> Tensor:
+    """n draws of z from p(z | prefix) by sampling-importance-resampling.
+
+    Proposals come half from the prior and half from q(z | prefix) (the
+    encoder read on the prefix alone); each is weighted by
+    p(z) p(prefix | z) / proposal(z), where p(prefix | z) is the decoder's
+    probability of the prefix tokens after bos (no eos), and n are drawn in
+    proportion to the weights. Returns (n, D).
+    """
+    device, dim = model.device, model.latent_dim
+    tok = model.tokenizer
+    framed = torch.tensor([[tok.bos_id, *prefix_ids, tok.eos_id]], device=device)
+    batch = TextBatch(framed, torch.tensor([framed.shape[1]], device=device), torch.zeros(1, dtype=torch.long))
+    q = model.posterior(batch)  # (1, D)
+    half = proposals // 2
+    from_prior = torch.randn(proposals - half, dim, generator=generator, device=device)
+    from_q = q.sample(half, generator=generator).squeeze(1)  # (half, D)
+    z = torch.cat([from_prior, from_q])  # (K, D)
+    log_proposal = torch.logaddexp(standard_normal_log_prob(z), q.log_prob(z.unsqueeze(1)).squeeze(1)) - math.log(2)
+    inputs = torch.tensor([[tok.bos_id, *prefix_ids[:-1]]], device=device).expand(len(z), -1)
+    targets = torch.tensor([prefix_ids], device=device).expand(len(z), -1)
+    log_prefix = model.sequence_log_likelihood(inputs, targets, torch.ones_like(targets, dtype=torch.bool), z)
+    log_weights = standard_normal_log_prob(z) + log_prefix - log_proposal
+    chosen = torch.multinomial(log_weights.softmax(0), n, replacement=True, generator=generator)
+    return z[chosen]
+
+
+@torch.no_grad()
+def complete(model, prefix: str, n: int = 5, strategy: str = "sample", seed: Optional[int] = None,
+             max_length: Optional[int] = None, proposals: int = 512, **options) -> list[str]:
+    """n continuations of ``prefix`` from the model's own distribution: z from
+    p(z | prefix), then the continuation decoded after the forced prefix."""
+    model.eval()
+    if not prefix.strip():
+        raise TextVAEError("the prefix to complete is empty")
+    prefix_ids = model.tokenizer.encode(prefix)
+    if not prefix_ids:
+        raise TextVAEError(f"{prefix!r} has no tokens")
+    generator = _generator(model, seed)
+    z = posterior_given_prefix(model, prefix_ids, n, proposals, generator) if model.latent_dim > 0 else None
+    settings = _settings(model, strategy, max(max_length or model.config.data.max_length, len(prefix_ids) + 1),
+                         **options)
+    outputs = _decode(model, z, n, settings, generator, [prefix_ids] * n)
+    shown_prefix = model.tokenizer.decode(prefix_ids)
+    texts = []
+    for ids in outputs:
+        text = model.tokenizer.decode(ids)
+        # Keep the user's own spelling of the prefix (e.g. words the vocabulary maps to unk).
+        texts.append(prefix.strip() + text[len(shown_prefix):] if text.startswith(shown_prefix) else text)
+    return texts
+
+
+def slerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
+    """Spherical interpolation (Shoemake 1985; White 2016 for latent spaces).
+    a, b: (D,), t: (S,) -> (S, D); falls back to linear for parallel vectors."""
+    cos = torch.dot(a, b) / (a.norm() * b.norm()).clamp_min(1e-12)
+    omega = torch.arccos(cos.clamp(-1.0, 1.0))
+    if float(omega.abs()) < 1e-6:
+        return torch.lerp(a.expand(len(t), -1), b.expand(len(t), -1), t.unsqueeze(1))
+    t = t.unsqueeze(1)
+    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+
+
+@torch.no_grad()
+def interpolate(model, start: str, end: str, steps: int = 7, method: str = "linear", strategy: str = "greedy",
+                seed: Optional[int] = None, max_length: Optional[int] = None, **options) -> list[str]:
+    """Decode ``steps`` points on the path between the posterior means of two sentences."""
+    if model.latent_dim == 0:
+        raise TextVAEError("this model is a language model (latent_dim=0): it has no latent space")
+    if steps < 2:
+        raise TextVAEError("interpolation needs --steps >= 2")
+    if method not in ("linear", "slerp"):
+        raise TextVAEError(f"unknown interpolation {method!r} (linear, slerp)")
+    means = encode(model, [start, end]).mean
+    t = torch.linspace(0, 1, steps, device=model.device)
+    if method == "linear":
+        z = torch.lerp(means[0].expand(steps, -1), means[1].expand(steps, -1), t.unsqueeze(1))
+    else:
+        z = slerp(means[0], means[1], t)
+    settings = _settings(model, strategy, max_length, **options)
+    return model.tokenizer.decode_batch(_decode(model, z, steps, settings, _generator(model, seed)))

@@ -1,0 +1,201 @@
+"""The text front end: any Hugging Face tokenizer, or one trained on the corpus.
+
+A ``Tokenizer`` wraps a fast ``tokenizers.Tokenizer`` plus the four special
+tokens the models need (pad, bos, eos, unk), adding whichever are missing.
+Sentences are encoded without the backend's own special tokens; the data
+pipeline adds bos and eos itself, so every tokenizer frames text the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Iterable, Iterator, Optional
+
+from tokenizers import Tokenizer as Backend
+from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
+
+from .config import TokenizerConfig
+from .errors import TextVAEError
+
+TRAINED_KINDS = ("word", "bpe", "wordpiece", "unigram")
+DEFAULT_SPECIALS = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>"}
+SPECIALS_FILE = "special_tokens.json"
+HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+class Tokenizer:
+    """Text <-> token ids, with ``pad_id``, ``bos_id``, ``eos_id``, ``unk_id``."""
+
+    def __init__(self, backend: Backend, specials: dict[str, str], source: str = "") -> None:
+        backend.no_truncation()
+        backend.no_padding()
+        self.backend = backend
+        self.source = source
+        self.specials = dict(specials)
+        missing = [tok for tok in dict.fromkeys(specials.values()) if backend.token_to_id(tok) is None]
+        if missing:
+            backend.add_special_tokens(missing)
+        ids = {role: backend.token_to_id(tok) for role, tok in specials.items()}
+        self.pad_id, self.bos_id, self.eos_id, self.unk_id = ids["pad"], ids["bos"], ids["eos"], ids["unk"]
+        self.frame_ids = {self.pad_id, self.bos_id, self.eos_id}
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text, without bos/eos."""
+        return [enc.ids for enc in self.backend.encode_batch(texts, add_special_tokens=False)]
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_batch([text])[0]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of ``ids``; pad, bos and eos are dropped, unk is kept visible."""
+        kept = [int(i) for i in ids if int(i) not in self.frame_ids]
+        return self.backend.decode(kept, skip_special_tokens=False).strip()
+
+    def decode_batch(self, batch: Iterable[Iterable[int]]) -> list[str]:
+        return [self.decode(ids) for ids in batch]
+
+    def save(self, directory: str | Path) -> None:
+        """Write ``tokenizer.json`` and the special-token roles; the folder
+        also loads with ``transformers.PreTrainedTokenizerFast``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.backend.save(str(directory / "tokenizer.json"))
+        (directory / SPECIALS_FILE).write_text(json.dumps({"specials": self.specials, "source": self.source}, indent=2))
+        hf_config = {f"{role}_token": tok for role, tok in self.specials.items()}
+        hf_config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        (directory / "tokenizer_config.json").write_text(json.dumps(hf_config, indent=2))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Tokenizer":
+        directory = Path(directory)
+        meta_path = directory / SPECIALS_FILE
+        if not meta_path.exists() or not (directory / "tokenizer.json").exists():
+            raise TextVAEError(f"{directory} holds no saved textvae tokenizer")
+        meta = json.loads(meta_path.read_text())
+        return cls(Backend.from_file(str(directory / "tokenizer.json")), meta["specials"], meta.get("source", ""))
+
+
+def build_tokenizer(config: TokenizerConfig, training_texts: Optional[Iterable[str]] = None) -> Tokenizer:
+    """Tokenizer from ``config.spec``: a kind to train on ``training_texts``,
+    a local folder or ``tokenizer.json``, or a hub name."""
+    spec = config.spec
+    if spec in TRAINED_KINDS:
+        if training_texts is None:
+            raise TextVAEError(f"tokenizer {spec!r} is trained on the training split, but no texts were given")
+        return train_tokenizer(spec, training_texts, config)
+    path = Path(spec)
+    if path.is_file() and path.suffix == ".json":
+        try:
+            backend = Backend.from_file(str(path))
+        except Exception as error:
+            raise TextVAEError(f"cannot read tokenizer file {path}: {str(error).splitlines()[0]}") from None
+        return Tokenizer(backend, _specials_from_vocab(backend), source=str(path))
+    if path.is_dir() or (HUB_NAME.match(spec) and not path.exists()):
+        return _load_pretrained(spec)
+    raise TextVAEError(f"unknown tokenizer {spec!r}: expected one of {', '.join(TRAINED_KINDS)}, "
+                       "a tokenizer folder, a tokenizer.json file or a hub name")
+
+
+def _load_pretrained(spec: str) -> Tokenizer:
+    """A Hugging Face tokenizer folder or hub name, through transformers."""
+    import transformers
+
+    try:
+        hf = transformers.AutoTokenizer.from_pretrained(spec)
+    except Exception as error:
+        where = "folder" if Path(spec).is_dir() else "hub name"
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise TextVAEError(f"unknown tokenizer {spec!r}: cannot load it as a Hugging Face {where} ({first})") from None
+    if not getattr(hf, "is_fast", False):
+        raise TextVAEError(f"tokenizer {spec!r} has no fast (tokenizers) version")
+    found = {
+        "pad": hf.pad_token,
+        "bos": hf.bos_token or getattr(hf, "cls_token", None),
+        "eos": hf.eos_token or getattr(hf, "sep_token", None),
+        "unk": hf.unk_token,
+    }
+    return Tokenizer(hf.backend_tokenizer, complete_specials(found), source=spec)
+
+
+def _specials_from_vocab(backend: Backend) -> dict[str, Optional[str]]:
+    vocab = backend.get_vocab(with_added_tokens=True)
+    candidates = {
+        "pad": ("<pad>", "[PAD]", "<|pad|>"),
+        "bos": ("<s>", "[CLS]", "<bos>", "<|endoftext|>"),
+        "eos": ("</s>", "[SEP]", "<eos>", "<|endoftext|>"),
+        "unk": ("<unk>", "[UNK]", "<|unk|>"),
+    }
+    found = {role: next((tok for tok in options if tok in vocab), None) for role, options in candidates.items()}
+    return complete_specials(found)
+
+
+def complete_specials(found: dict[str, Optional[str]]) -> dict[str, str]:
+    """Fill in missing special tokens. bos and eos may coincide (GPT-2), but
+    pad and unk must be tokens of their own: padding is masked out and word
+    dropout writes unk, so neither may be confused with a real boundary."""
+    specials = {}
+    for role in ("bos", "eos"):
+        specials[role] = found.get(role) or DEFAULT_SPECIALS[role]
+    for role in ("pad", "unk"):
+        token = found.get(role)
+        taken = set(specials.values())
+        specials[role] = token if token and token not in taken else DEFAULT_SPECIALS[role]
+    return specials
+
+
+def train_tokenizer(kind: str, texts: Iterable[str], config: TokenizerConfig) -> Tokenizer:
+    """Train a ``tokenizers`` model of ``kind`` on ``texts``.
+
+    ``word`` keeps every training word when ``vocab_size`` is 0 (or the most
+    frequent ``vocab_size`` words otherwise) and splits on whitespace only, so
+    Penn Treebank keeps its own vocabulary and its ``<unk>`` is our unk.
+    """
+    specials = dict(DEFAULT_SPECIALS)
+    special_list = [specials["pad"], specials["bos"], specials["eos"], specials["unk"]]
+    size = config.vocab_size or 10**9
+    if kind == "word":
+        backend = Backend(models.WordLevel(unk_token=specials["unk"]))
+        backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        trainer = trainers.WordLevelTrainer(vocab_size=size, min_frequency=config.min_frequency,
+                                            special_tokens=special_list, show_progress=False)
+    elif kind == "bpe":
+        backend = Backend(models.BPE())
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        backend.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=size, min_frequency=config.min_frequency, special_tokens=special_list,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    elif kind == "wordpiece":
+        backend = Backend(models.WordPiece(unk_token=specials["unk"]))
+        backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        backend.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(vocab_size=size, min_frequency=config.min_frequency,
+                                            special_tokens=special_list, show_progress=False)
+    elif kind == "unigram":
+        backend = Backend(models.Unigram())
+        backend.pre_tokenizer = pre_tokenizers.Metaspace()
+        backend.decoder = decoders.Metaspace()
+        trainer = trainers.UnigramTrainer(vocab_size=size, special_tokens=special_list, unk_token=specials["unk"],
+                                          show_progress=False)
+    else:
+        raise TextVAEError(f"unknown tokenizer kind {kind!r}")
+    if config.lowercase:
+        backend.normalizer = normalizers.Lowercase()
+    backend.train_from_iterator(_batched(texts), trainer=trainer)
+    return Tokenizer(backend, specials, source=kind)
+
+
+def _batched(texts: Iterable[str], size: int = 1000) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for text in texts:
+        batch.append(text)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

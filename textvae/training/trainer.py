@@ -1,0 +1,288 @@
+"""The training loop shared by the text and image models.
+
+The trainer takes built objects (model, data, configs, run folder) and never
+parses arguments. A model offers ``forward(batch) -> VAEOutput`` (objectives)
+and, for the anti-collapse remedies, ``posterior``; the data offer
+``num_batches(epoch)`` and ``iterate(epoch, start)``.
+
+What a run folder gets: ``model.safetensors`` (the best weights by validation
+ELBO), ``checkpoint/`` (everything needed to resume exactly), ``metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import signal
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from ..config import ObjectiveConfig, TrainConfig
+from ..evaluation.elbo import evaluate_elbo
+from ..objectives import elbo_loss, kl_weight
+from . import distributed
+from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, save_weights
+
+log = logging.getLogger("textvae")
+
+COLLAPSE_KL = 0.1  # nats per example
+COLLAPSE_PATIENCE = 2  # evaluations in a row
+REMEDIES = ("objective.kl_schedule=linear or cyclical, model.word_dropout=0.3, objective.free_bits=0.5, "
+            "model.bn_vae_gamma=0.6, train.aggressive=true, train.ae_pretrain_epochs=N")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        from ..errors import TextVAEError
+
+        raise TextVAEError(f"train.device={name} but no CUDA device is available")
+    return torch.device(name)
+
+
+def autocast_context(device: torch.device, precision: str):
+    """bf16 autocast on CPU (AMX) and CUDA; fp32 otherwise."""
+    if precision == "bf16":
+        return partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, train_config: TrainConfig, objective: ObjectiveConfig, train_data,
+                 valid_data, run_dir: str | Path) -> None:
+        self.config, self.objective = train_config, objective
+        self.run_dir = Path(run_dir)
+        self.device = resolve_device(train_config.device)
+        if train_config.num_threads:
+            torch.set_num_threads(train_config.num_threads)
+        self.model = model.to(self.device)
+        self.network = distributed.wrap(self.model, self.device)  # DDP when launched with torchrun
+        self.is_main = distributed.rank() == 0
+        self.train_data, self.valid_data = train_data, valid_data
+        self.optimizer = build_optimizer(self.model, train_config)
+        self.autocast = autocast_context(self.device, train_config.precision)
+        self.steps_per_epoch = train_data.num_batches(0)
+        self.total_steps = train_config.max_steps or train_config.epochs * self.steps_per_epoch
+        self.state: dict[str, Any] = {
+            "step": 0, "epoch": 0, "batch": 0, "lr": train_config.lr, "phase_start": 0,
+            "plateau_best": math.inf, "bad_evals": 0, "since_best": 0, "decays": 0,
+            "saved_best": math.inf, "collapse_streak": 0, "collapse_warned": False, "finished": False,
+            "aggressive": train_config.aggressive, "aggressive_best_mi": -math.inf,
+        }
+        self._stop_signal: Optional[int] = None
+        self.step_fn = self.train_step
+        if train_config.aggressive:
+            from .aggressive import AggressiveSteps
+
+            self.step_fn = AggressiveSteps(self).step
+
+    # ------------------------------------------------------------ resume
+    def resume(self) -> None:
+        self.state.update(load_checkpoint(find_checkpoint(self.run_dir), self.model, self.optimizer))
+        self._set_lr(self.state["lr"])
+        metrics = self.run_dir / "metrics.jsonl"
+        if metrics.exists() and self.is_main:  # drop records written after the checkpoint
+            kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= self.state["step"]]
+            metrics.write_text("".join(line + "\n" for line in kept))
+        log.info(f"resuming at step {self.state['step']} (epoch {self.state['epoch'] + 1}, batch {self.state['batch']})")
+
+    # -------------------------------------------------------------- loop
+    def fit(self) -> dict[str, Any]:
+        config, state = self.config, self.state
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)} \
+            if self.is_main else {}
+        try:
+            while not state["finished"] and state["epoch"] < config.epochs:
+                self._run_epoch()
+            state["finished"] = True
+        except _Stop:
+            pass
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        self._finish()
+        return state
+
+    def _run_epoch(self) -> None:
+        config, state = self.config, self.state
+        epoch = state["epoch"]
+        self._maybe_end_pretraining()
+        progress = self._progress(epoch)
+        for batch in self.train_data.iterate(epoch, state["batch"]):
+            beta = self.current_kl_weight()
+            logs = self.step_fn(batch.to(self.device), beta)
+            state["step"] += 1
+            state["batch"] += 1
+            progress.update(1)
+            progress.set_postfix(rec=f"{logs['rec']:.2f}", kl=f"{logs['kl']:.2f}", beta=f"{beta:.3f}", refresh=False)
+            if state["step"] % config.log_every == 0:
+                logs = distributed.mean_over_ranks(logs)
+                self._log({"split": "train", "kl_weight": beta, "lr": state["lr"], **logs})
+            if config.eval_every and state["step"] % config.eval_every == 0:
+                self.validate()
+            if config.max_steps and state["step"] >= config.max_steps:
+                state["finished"] = True
+            if state["step"] % config.checkpoint_every == 0 or state["finished"] or self._stop_signal:
+                self.checkpoint()
+            if state["finished"] or self._stop_signal:
+                progress.close()
+                self._report_stop()
+                raise _Stop
+        progress.close()
+        state["epoch"] += 1
+        state["batch"] = 0
+        if not config.eval_every:
+            self.validate()
+        self.checkpoint()
+
+    def current_kl_weight(self) -> float:
+        if self.state["epoch"] < self.config.ae_pretrain_epochs:
+            return 0.0  # Li et al. 2019: autoencoder pretraining ignores the KL term
+        return kl_weight(self.objective, self.state["step"] - self.state["phase_start"], self.total_steps)
+
+    def train_step(self, batch, beta: float) -> dict[str, float]:
+        """One optimiser step on the (floored, weighted) negative ELBO."""
+        self.network.train()
+        with self.autocast():
+            out = self.network(batch)
+            loss = elbo_loss(out, beta, self.objective)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.clip_and_step(self.optimizer, self.model.parameters())
+        return {"loss": float(loss.detach()), "rec": float(out.rec.detach().mean()), "kl": float(out.kl.detach().mean())}
+
+    def clip_and_step(self, optimizer: torch.optim.Optimizer, parameters) -> None:
+        if self.config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(list(parameters), self.config.grad_clip)
+        optimizer.step()
+
+    # -------------------------------------------------------- validation
+    def evaluate(self) -> dict[str, Any]:
+        return evaluate_elbo(self.model, self.valid_data.iterate(0), self.device, self.autocast)
+
+    def validate(self) -> dict[str, Any]:
+        """Validation ELBO, MI and AU; plateau decay, early stopping, collapse
+        monitor; keeps the best weights in ``model.safetensors``."""
+        state, config = self.state, self.config
+        result = self.evaluate()
+        loss = -result["elbo"]
+        self._log({"split": "valid", **result})
+        self._save_if_best(loss)
+        if loss < state["plateau_best"] - 1e-4:
+            state["plateau_best"], state["bad_evals"], state["since_best"] = loss, 0, 0
+        else:
+            state["bad_evals"] += 1
+            state["since_best"] += 1
+            if config.max_lr_decays and state["bad_evals"] >= config.lr_patience > 0:
+                state["bad_evals"] = 0
+                state["decays"] += 1
+                if state["decays"] > config.max_lr_decays:
+                    log.info(f"stopping: validation did not improve after {config.max_lr_decays} learning-rate decays")
+                    state["finished"] = True
+                else:
+                    self._set_lr(state["lr"] * config.lr_decay)
+                    log.info(f"learning rate decayed to {state['lr']:.3g}")
+            if config.early_stop_patience and state["since_best"] >= config.early_stop_patience:
+                log.info(f"early stopping: no improvement in {state['since_best']} evaluations")
+                state["finished"] = True
+        self._monitor_collapse(result)
+        summary = f"valid step {state['step']}: -elbo {loss:.3f} rec {result['rec']:.3f} kl {result['kl']:.3f}"
+        if "mi" in result:
+            summary += f" mi {result['mi']:.3f} au {result['au']}/{len(result['au_variances'])}"
+        log.info(summary)
+        return result
+
+    def _monitor_collapse(self, result: dict[str, Any]) -> None:
+        """Posterior collapse: KL per example under 0.1 nats, or no active unit,
+        for COLLAPSE_PATIENCE evaluations in a row -> one warning line."""
+        state = self.state
+        if "au" not in result or self.current_kl_weight() == 0:
+            return
+        collapsed = result["kl"] < COLLAPSE_KL or result["au"] == 0
+        state["collapse_streak"] = state["collapse_streak"] + 1 if collapsed else 0
+        if state["collapse_streak"] >= COLLAPSE_PATIENCE and not state["collapse_warned"]:
+            state["collapse_warned"] = True
+            if self.is_main:
+                print(f"textvae: warning: posterior collapse at step {state['step']}: KL {result['kl']:.3f} nats "
+                      f"per example, {result['au']} active units; remedies: {REMEDIES}", file=sys.stderr)
+
+    def _save_if_best(self, loss: float) -> None:
+        if loss < self.state["saved_best"]:
+            self.state["saved_best"] = loss
+            if self.is_main:
+                save_weights(self.model, self.run_dir / "model.safetensors")
+
+    # ---------------------------------------------------------- plumbing
+    def checkpoint(self) -> None:
+        if self.is_main:
+            save_checkpoint(self.run_dir, self.model, self.optimizer, self.state)
+        distributed.barrier()
+
+    def _finish(self) -> None:
+        """Make sure ``model.safetensors`` exists: a run that stopped before its
+        first validation keeps its last weights if they are the best so far."""
+        if not (self.run_dir / "model.safetensors").exists() or self.state["saved_best"] == math.inf:
+            result = self.evaluate()
+            self._log({"split": "valid", "final": True, **result})
+            self._save_if_best(-result["elbo"])
+
+    def _maybe_end_pretraining(self) -> None:
+        """Li et al. 2019: after ``ae_pretrain_epochs`` of autoencoder training,
+        re-initialise the decoder and start the VAE phase with fresh Adam state."""
+        state = self.state
+        if self.config.ae_pretrain_epochs and state["epoch"] == self.config.ae_pretrain_epochs and state["batch"] == 0 \
+                and state["phase_start"] == 0:
+            self.model.reset_decoder()
+            self.optimizer = build_optimizer(self.model, self.config)
+            state["phase_start"], state["lr"] = state["step"], self.config.lr
+            state["plateau_best"], state["saved_best"] = math.inf, math.inf
+            log.info("autoencoder pretraining done: decoder re-initialised")
+
+    def _set_lr(self, lr: float) -> None:
+        self.state["lr"] = lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.is_main:
+            epoch = round(self.state["step"] / max(1, self.steps_per_epoch), 3)
+            record = {"step": self.state["step"], "epoch": epoch, "time": round(time.time(), 3), **record}
+            with open(self.run_dir / "metrics.jsonl", "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    def _progress(self, epoch: int):
+        from tqdm import tqdm
+
+        disable = not (self.is_main and sys.stderr.isatty())
+        return tqdm(total=self.train_data.num_batches(epoch), initial=self.state["batch"], file=sys.stderr,
+                    desc=f"epoch {epoch + 1}/{self.config.epochs}", disable=disable, dynamic_ncols=True, leave=False)
+
+    def _on_signal(self, signum: int, frame) -> None:
+        if self._stop_signal is not None:  # second signal: give up at once
+            raise KeyboardInterrupt
+        self._stop_signal = signum
+
+    def _report_stop(self) -> None:
+        if self._stop_signal and self.is_main:
+            print(f"textvae: interrupted at step {self.state['step']}; checkpoint saved, continue with "
+                  f"`textvae train --resume {self.run_dir}`", file=sys.stderr)
+
+
+class _Stop(Exception):
+    """Ends the loop after a checkpoint (max_steps, early stop, a signal)."""
