@@ -1,0 +1,157 @@
+"""``textvae eval``: every figure the literature reports for a sentence VAE.
+
+All figures are per sentence in nats unless named otherwise:
+
+- rec, kl, elbo: one-sample reconstruction term, closed-form KL, their sum
+  with a minus sign (Bowman et al. 2016).
+- nll: -log p(x) by importance weighting with K samples from q(z|x) (Burda
+  et al. 2016); for a language model (latent_dim=0) the exact NLL.
+- ppl: exp(total nll / predicted tokens), tokens counting eos and not bos;
+  ppl_word: the same over whitespace words + one eos per sentence, so that
+  models with different tokenizers compare.
+- mi: I(x; z) under q (He et al. 2019); au: active units (Burda et al. 2016).
+- bleu: sacrebleu corpus BLEU of greedy reconstructions from the posterior
+  mean against the inputs; distinct_1/2, self_bleu and mean_length of prior
+  samples, against the data's mean length.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from ..data import TextBatches, TextSplit
+from ..generation import GenerationConfig, generate
+from ..training.trainer import autocast_context
+from .elbo import evaluate_elbo
+from .likelihood import importance_weighted_log_likelihood
+from .text_metrics import corpus_bleu, distinct_n, self_bleu
+
+
+@dataclass
+class EvalSettings:
+    iw_samples: int = 500
+    iw_chunk: int = 50  # samples per decoder pass; bounds memory
+    batch_size: int = 32
+    num_samples: int = 500  # prior samples for the diversity figures
+    seed: int = 0
+    precision: str = "fp32"
+
+
+def _progress(total: int, desc: str):
+    import sys
+
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, file=sys.stderr, unit="sent", leave=False, disable=not sys.stderr.isatty())
+
+
+@torch.no_grad()
+def importance_weighted_nll(model, data: TextBatches, settings: EvalSettings, device: torch.device) -> float:
+    """Total -log p(x) over the split, nats (exact for a language model)."""
+    autocast = autocast_context(device, settings.precision)
+    generator = torch.Generator(device=device).manual_seed(settings.seed)
+    total = 0.0
+    bar = _progress(len(data), "IW-NLL")
+    for batch in data.iterate():
+        batch = batch.to(device)
+        with autocast():
+            if model.latent_dim == 0:
+                log_px = -model(batch).rec
+            else:
+                log_px = importance_weighted_log_likelihood(model, batch, settings.iw_samples, settings.iw_chunk,
+                                                            generator)
+        total -= float(log_px.double().sum())
+        bar.update(len(batch))
+    bar.close()
+    return total
+
+
+@torch.no_grad()
+def reconstructions(model, data: TextBatches, device: torch.device, max_length: int) -> list[str]:
+    """Greedy decodings from the posterior means, in the split's order."""
+    tok = model.tokenizer
+    out: list[str] = [""] * len(data)
+    settings = GenerationConfig(strategy="greedy", max_length=max_length)
+    for batch in data.iterate():
+        batch = batch.to(device)
+        z = model.posterior(batch).mean
+        ids = generate(model.decoder, z, len(batch), tok.bos_id, tok.eos_id, settings)
+        for row, index in enumerate(batch.index.tolist()):
+            out[index] = tok.decode(ids[row])
+    return out
+
+
+def evaluate_text(model, split: TextSplit, settings: EvalSettings, device: torch.device) -> dict[str, Any]:
+    model.eval()
+    tok = model.tokenizer
+    data = TextBatches(split, tok, settings.batch_size, shuffle=False)
+    timings = {}
+    start = time.perf_counter()
+    stats = evaluate_elbo(model, data.iterate(), device, autocast_context(device, settings.precision), settings.seed)
+    timings["elbo_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    total_nll = importance_weighted_nll(model, data, settings, device)
+    timings["nll_s"] = time.perf_counter() - start
+    sentences = len(split)
+    tokens = sum(len(ids) + 1 for ids in split.ids)  # words/subwords + eos
+    words = sum(len(text.split()) + 1 for text in split.texts)
+    result: dict[str, Any] = {
+        "split": split.name, "sentences": sentences, "tokens": tokens, "words": words,
+        "nll": total_nll / sentences, "ppl": float(torch.tensor(total_nll / tokens).exp()),
+        "elbo": stats["elbo"], "rec": stats["rec"], "kl": stats["kl"],
+    }
+    if tok.source != "word":
+        result["ppl_word"] = float(torch.tensor(total_nll / words).exp())
+    references = [tok.decode(ids) for ids in split.ids]
+    if model.latent_dim > 0:
+        result.update(mi=stats["mi"], au=stats["au"], au_variances=stats["au_variances"])
+        start = time.perf_counter()
+        result["bleu"], result["bleu_signature"] = corpus_bleu(
+            reconstructions(model, data, device, model.config.data.max_length), references)
+        timings["bleu_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    samples = model.sample(settings.num_samples, seed=settings.seed)
+    timings["samples_s"] = time.perf_counter() - start
+    result.update(
+        distinct_1=distinct_n(samples, 1), distinct_2=distinct_n(samples, 2), self_bleu=self_bleu(samples),
+        mean_length=sum(len(s.split()) for s in samples) / len(samples),
+        data_mean_length=sum(len(r.split()) for r in references) / len(references),
+        examples=samples[:5],
+    )
+    result["settings"] = asdict(settings)
+    result["timings"] = {k: round(v, 2) for k, v in timings.items()}
+    return result
+
+
+ROWS = [("nll", "NLL (IW)", "-log p(x), importance weighted; nats/sentence"),
+        ("ppl", "PPL", "exp(NLL total / tokens incl. eos)"),
+        ("ppl_word", "PPL (words)", "exp(NLL total / (words + eos))"),
+        ("elbo", "ELBO", "-(rec + KL); nats/sentence"),
+        ("rec", "rec", "-log p(x|z), one z ~ q(z|x)"),
+        ("kl", "KL", "KL(q(z|x) || p(z)), closed form"),
+        ("mi", "MI", "I(x; z) under q (He et al. 2019)"),
+        ("au", "AU", "active units, Cov_x E_q[z] > 0.01"),
+        ("bleu", "BLEU", "greedy reconstructions from the posterior mean"),
+        ("distinct_1", "distinct-1", "prior samples"),
+        ("distinct_2", "distinct-2", "prior samples"),
+        ("self_bleu", "self-BLEU", "prior samples"),
+        ("mean_length", "mean length", "words per prior sample"),
+        ("data_mean_length", "data length", "words per sentence in the split")]
+
+
+def format_table(result: dict[str, Any]) -> str:
+    lines = [f"{result['split']}: {result['sentences']:,} sentences, {result['tokens']:,} tokens, "
+             f"{result['settings']['iw_samples']} importance samples, {result['settings']['precision']}"]
+    for key, label, meaning in ROWS:
+        if key in result:
+            value = result[key]
+            text = f"{value:d}" if isinstance(value, int) else f"{value:.3f}"
+            lines.append(f"  {label:<12} {text:>10}   {meaning}")
+    if "bleu_signature" in result:
+        lines.append(f"  BLEU signature: {result['bleu_signature']}")
+    return "\n".join(lines)
