@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -223,9 +224,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         if path.suffix == ".json":
             raw = json.loads(text)
         else:
-            import yaml
-
-            raw = yaml.safe_load(text)
+            raw = load_yaml(text)
     except Exception as error:  # yaml and json raise several types
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise TextVAEError(f"cannot parse config file {path}: {first_line}") from None
@@ -233,6 +232,22 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raw = {}
     _check(isinstance(raw, dict), f"config file {path} must hold a mapping of sections")
     return raw
+
+
+# PyYAML follows YAML 1.1, where a float needs a dot and a signed exponent:
+# "1e-3" and "1.0e3" would stay strings and be refused for train.lr.
+_EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$")
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that also reads ``1e-3`` as a float (as YAML 1.2 and JSON do)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789"))
+    return yaml.load(text, Loader=Loader)
 
 
 def list_presets() -> list[str]:
@@ -286,7 +301,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, value = text.split("=", 1)
     _check(bool(key.strip()), f"--set expects KEY=VALUE, got {text!r}")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
+        parsed = load_yaml(value) if value.strip() else ""
     except yaml.YAMLError:
         parsed = value
     if isinstance(parsed, (dict, list)):
@@ -294,36 +309,37 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), parsed
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``--set`` strings to a raw config dict; keys are checked by ``from_dict``."""
+def apply_overrides(raw: dict[str, Any], overrides: list[str], root: Optional[type] = None) -> dict[str, Any]:
+    """Apply ``--set`` strings to a raw config dict; keys are checked by ``from_dict``.
+    ``root`` is the config tree's class (default ``Config``; the image model has its own)."""
+    root = root or Config
     for text in overrides:
         path, value = parse_override(text)
         _check(len(path) == 2, f"--set key {'.'.join(path)!r} must be SECTION.FIELD, e.g. model.latent_dim")
         section, name = path
-        sections = {f.name for f in dataclasses.fields(Config)}
+        sections = {f.name for f in dataclasses.fields(root)}
         _check(section in sections, f"unknown config section {section!r} (known: {', '.join(sorted(sections))})")
         target = raw.setdefault(section, {})
-        if isinstance(value, str) and name in _string_fields(section):
-            pass
-        elif isinstance(value, (int, float)) and not isinstance(value, bool) and name in _string_fields(section):
-            value = str(value)
+        if not isinstance(value, str) and name in _string_fields(section, root):
+            value = text.split("=", 1)[1].strip()  # as typed: a path "007" is not 7, nor a name "1e3" 1000.0
         target[name] = value
     return raw
 
 
-def _string_fields(section: str) -> set[str]:
-    cls = typing.get_type_hints(Config)[section]
+def _string_fields(section: str, root: type) -> set[str]:
+    cls = typing.get_type_hints(root)[section]
     return {name for name, kind in typing.get_type_hints(cls).items() if kind is str}
 
 
 def build_config(config_file: Optional[str] = None, overrides: Optional[list[str]] = None,
-                 base: Optional[dict[str, Any]] = None) -> Config:
-    """Config from an optional file (or base dict) plus ``--set`` overrides."""
+                 base: Optional[dict[str, Any]] = None, root: Optional[type] = None) -> Any:
+    """Config (or another ``root`` tree) from an optional file (or base dict) plus ``--set`` overrides."""
+    root = root or Config
     raw = dict(base or {})
     if config_file:
         raw = _merge(raw, read_config_file(config_file))
-    raw = apply_overrides(raw, overrides or [])
-    return Config.from_dict(raw)
+    raw = apply_overrides(raw, overrides or [], root)
+    return root.from_dict(raw)
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

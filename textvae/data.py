@@ -113,7 +113,7 @@ def read_texts(data: str, splits: Sequence[str], text_column: str = "text") -> d
             check_text_file(file)
         return _load_text_files(wanted)
     check_text_file(path)
-    texts = _load_text_files({"all": path})["all"]
+    texts = _load_text_files({"lines": path})["lines"]  # "all" is a reserved split name in datasets
     if "train" in splits:
         train, valid = split_off_validation(texts)
         return {s: t for s, t in (("train", train), ("valid", valid)) if s in splits}

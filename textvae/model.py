@@ -32,7 +32,9 @@ TOKENIZER_DIR = "tokenizer"
 
 
 class TextVAE(nn.Module):
-    def __init__(self, config: Config, tokenizer: Tokenizer) -> None:
+    def __init__(self, config: Config, tokenizer: Tokenizer, saved_dir: Optional[Path] = None) -> None:
+        """``saved_dir``: a run directory whose saved backbone configs rebuild
+        any ``hf:`` encoder or decoder without its pretrained weights."""
         super().__init__()
         check_names(config.model)
         self.config, self.tokenizer = config, tokenizer
@@ -40,10 +42,16 @@ class TextVAE(nn.Module):
         self.latent_dim = model.latent_dim
         vocab, pad = tokenizer.vocab_size, tokenizer.pad_id
         if self.latent_dim > 0:
-            self.encoder = build_encoder(model, vocab, pad)
+            self.encoder = build_encoder(model, vocab, pad, saved_dir)
             self.posterior_head = GaussianHead(self.encoder.output_dim, model.latent_dim, model.logvar_min,
                                                model.logvar_max, model.bn_vae_gamma, model.delta)
-        self.decoder = build_decoder(model, vocab, pad)
+        self.decoder = build_decoder(model, vocab, pad, saved_dir)
+        for module in self._backbones():
+            module.check_tokenizer(tokenizer)
+
+    def _backbones(self) -> list[nn.Module]:
+        """The Hugging Face backbones (nn/hf.py) among the encoder and decoder."""
+        return [m for m in (getattr(self, "encoder", None), self.decoder) if hasattr(m, "check_tokenizer")]
 
     # ----------------------------------------------------------------- core
     def posterior(self, batch: TextBatch) -> DiagonalGaussian:
@@ -135,20 +143,27 @@ class TextVAE(nn.Module):
 
     # --------------------------------------------------------- persistence
     def save_pretrained(self, directory: str | Path) -> None:
-        """``config.json``, ``model.safetensors`` and ``tokenizer/``; the
-        weights are written to a temporary file and renamed into place."""
+        """``config.json``, ``model.safetensors``, ``tokenizer/`` and any
+        backbone configs; the weights are written to a temporary file and renamed into place."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.config.save(directory / CONFIG_FILE)
         self.tokenizer.save(directory / TOKENIZER_DIR)
+        self.save_backbone_configs(directory)
         save_weights(self, directory / WEIGHTS_FILE)
+
+    def save_backbone_configs(self, directory: str | Path) -> None:
+        """``backbone_encoder/`` and ``backbone_decoder/`` for hf: backbones, so
+        that ``from_pretrained`` rebuilds them offline from config and weights."""
+        for module in self._backbones():
+            module.save_backbone_config(Path(directory))
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "TextVAE":
         directory = Path(directory)
         check_run_dir(directory)
         config = Config.load(directory / CONFIG_FILE)
-        model = cls(config, Tokenizer.load(directory / TOKENIZER_DIR))
+        model = cls(config, Tokenizer.load(directory / TOKENIZER_DIR), saved_dir=directory)
         load_weights(model, directory / WEIGHTS_FILE)
         return model.to(device).eval()
 

@@ -27,7 +27,8 @@ def register(commands) -> None:
                                         f"preset: {', '.join(list_presets())}), then --set overrides.")
     p.add_argument("--data", help="file (one sentence a line), folder with train/valid/test files, or hf:NAME")
     p.add_argument("--out", help="new run directory")
-    p.add_argument("--config", help="YAML or JSON config file, or a preset name")
+    p.add_argument("--config", action="append", default=[],
+                   help="YAML or JSON config file, or a preset name; repeat to layer files (later ones win)")
     p.add_argument("--tokenizer", help="word, bpe, wordpiece, unigram, a tokenizer folder or tokenizer.json, "
                                        "or a hub name (sets tokenizer.spec)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -73,6 +74,7 @@ def _new_run(args: argparse.Namespace, cuda_device) -> Trainer:
         out.mkdir(parents=True, exist_ok=True)
         config.save(out / CONFIG_FILE)
         tokenizer.save(out / TOKENIZER_DIR)
+        model.save_backbone_configs(out)  # hf: backbones reload offline from these
     distributed.barrier()
     tokenizer = Tokenizer.load(out / TOKENIZER_DIR)
     torch.manual_seed(config.train.seed)  # identical initial weights on every rank
@@ -100,7 +102,7 @@ def _resume(args: argparse.Namespace, cuda_device) -> Trainer:
         config.train.device = str(cuda_device)
     data = args.data or config.data.path
     tokenizer = Tokenizer.load(run_dir / TOKENIZER_DIR)
-    model = TextVAE(config, tokenizer)
+    model = TextVAE(config, tokenizer, saved_dir=run_dir)  # the checkpoint supplies every weight
     trainer = _trainer(model, config, tokenizer, data, run_dir, None)
     trainer.resume()
     if distributed.rank() == 0:

@@ -86,21 +86,37 @@ class Trainer:
             "aggressive": train_config.aggressive, "aggressive_best_mi": -math.inf,
         }
         self._stop_signal: Optional[int] = None
-        self.step_fn = self.train_step
+        self.step_fn, self.aggressive = self.train_step, None
         if train_config.aggressive:
             from .aggressive import AggressiveSteps
 
-            self.step_fn = AggressiveSteps(self).step
+            if distributed.is_distributed():
+                from ..errors import TextVAEError
+
+                raise TextVAEError("train.aggressive does not run with several processes")
+            self.aggressive = AggressiveSteps(self)
+            self.step_fn = self.aggressive.step
 
     # ------------------------------------------------------------ resume
     def resume(self) -> None:
         self.state.update(load_checkpoint(find_checkpoint(self.run_dir), self.model, self.optimizer))
+        # The checkpoint written at a stop says "finished"; whether the run is
+        # finished now depends on the limits it resumes with (a raised
+        # train.max_steps continues it).
+        self.state["finished"] = self._limits_reached()
         self._set_lr(self.state["lr"])
         metrics = self.run_dir / "metrics.jsonl"
         if metrics.exists() and self.is_main:  # drop records written after the checkpoint
             kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= self.state["step"]]
             metrics.write_text("".join(line + "\n" for line in kept))
         log.info(f"resuming at step {self.state['step']} (epoch {self.state['epoch'] + 1}, batch {self.state['batch']})")
+
+    def _limits_reached(self) -> bool:
+        """Whether max_steps, early stopping or the lr-decay budget ends the run."""
+        config, state = self.config, self.state
+        return bool(config.max_steps and state["step"] >= config.max_steps
+                    or config.early_stop_patience and state["since_best"] >= config.early_stop_patience
+                    or config.max_lr_decays and state["decays"] > config.max_lr_decays)
 
     # -------------------------------------------------------------- loop
     def fit(self) -> dict[str, Any]:
@@ -202,6 +218,8 @@ class Trainer:
                 log.info(f"early stopping: no improvement in {state['since_best']} evaluations")
                 state["finished"] = True
         self._monitor_collapse(result)
+        if self.aggressive:
+            self.aggressive.after_validation(result)
         summary = f"valid step {state['step']}: -elbo {loss:.3f} rec {result['rec']:.3f} kl {result['kl']:.3f}"
         if "mi" in result:
             summary += f" mi {result['mi']:.3f} au {result['au']}/{len(result['au_variances'])}"
@@ -253,6 +271,10 @@ class Trainer:
             state["phase_start"], state["lr"] = state["step"], self.config.lr
             state["plateau_best"], state["saved_best"] = math.inf, math.inf
             log.info("autoencoder pretraining done: decoder re-initialised")
+
+    def log_info(self, message: str) -> None:
+        if self.is_main:
+            log.info(message)
 
     def _set_lr(self, lr: float) -> None:
         self.state["lr"] = lr

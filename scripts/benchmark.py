@@ -1,0 +1,178 @@
+"""Speed benchmark: textvae against the same model written plainly.
+
+Prints one JSON object per case on stdout. For the PTB-protocol LSTM VAE
+(embedding 256, LSTM 256/256, latent 32, batch 32) and the small Transformer
+preset it measures training tokens/s, IW-NLL evaluation sentences/s,
+generation sentences/s and peak memory; in the same process it runs a
+**plain baseline** — fp32, eager, random (unbucketed) padded batches, full
+(B, T, V) logits — and prints the ratio, since only a ratio measured side by
+side means anything on a shared machine.
+
+    python scripts/benchmark.py --data ../shared/data/ptb [--steps 60] [--cases lstm,transformer]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from textvae.config import build_config
+from textvae.data import TextBatches, collate, load_splits
+from textvae.evaluation.likelihood import importance_weighted_log_likelihood
+from textvae.generation import GenerationConfig, generate
+from textvae.model import TextVAE
+from textvae.objectives import elbo_loss
+from textvae.tokenization import build_tokenizer
+from textvae.training.trainer import autocast_context
+
+
+class PlainLSTMVAE(nn.Module):
+    """The usual way of writing the PTB LSTM VAE: fp32, full logits, padding included."""
+
+    def __init__(self, vocab: int, pad: int, embed: int = 256, hidden: int = 256, latent: int = 32) -> None:
+        super().__init__()
+        self.pad = pad
+        self.enc_embed = nn.Embedding(vocab, embed, padding_idx=pad)
+        self.encoder = nn.LSTM(embed, hidden, batch_first=True)
+        self.to_latent = nn.Linear(hidden, 2 * latent)
+        self.dec_embed = nn.Embedding(vocab, embed, padding_idx=pad)
+        self.init = nn.Linear(latent, hidden)
+        self.decoder = nn.LSTM(embed + latent, hidden, batch_first=True)
+        self.out = nn.Linear(hidden, vocab)
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        packed = nn.utils.rnn.pack_padded_sequence(self.enc_embed(tokens), lengths, batch_first=True,
+                                                   enforce_sorted=False)
+        _, (h, _) = self.encoder(packed)
+        mean, logvar = self.to_latent(h[-1]).chunk(2, -1)
+        z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
+        inputs, targets = tokens[:, :-1], tokens[:, 1:]
+        emb = torch.cat([self.dec_embed(inputs), z.unsqueeze(1).expand(-1, inputs.shape[1], -1)], -1)
+        c0 = self.init(z).unsqueeze(0)
+        out, _ = self.decoder(emb, (torch.tanh(c0), c0))
+        logits = self.out(out)  # (B, T, V): every position, padding included
+        rec = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=self.pad, reduction="sum") / len(tokens)
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - logvar - 1).sum(-1).mean()
+        return rec + kl
+
+
+def peak_memory_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def time_training(step, batches, warmup: int) -> tuple[float, int]:
+    tokens, start = 0, None
+    for i, (batch, count) in enumerate(batches):
+        if i == warmup:
+            start, tokens = time.perf_counter(), 0
+        step(batch)
+        tokens += count
+    return tokens / (time.perf_counter() - start), tokens
+
+
+def bench_case(name: str, overrides: list[str], splits, tokenizer, args) -> None:
+    config = build_config(args.config_for[name], overrides)
+    torch.manual_seed(0)
+    model = TextVAE(config, tokenizer)
+    train = TextBatches(splits["train"], tokenizer, config.train.batch_size, seed=0)
+    device = torch.device("cpu")
+    steps = args.steps + args.warmup
+    order = train.sampler.batches(0)[:steps]
+    ours = [(collate([train.split.ids[i] for i in b], b, tokenizer), sum(len(train.split.ids[i]) + 1 for i in b))
+            for b in order]
+
+    # textvae: bucketed batches, bf16 autocast, masked output projection.
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    autocast = autocast_context(device, "bf16")
+
+    def step(batch):
+        with autocast():
+            loss = elbo_loss(model(batch), 1.0, config.objective)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    model.train()
+    ours_tps, _ = time_training(step, ours, args.warmup)
+    result = {"case": name, "train_tokens_per_s": round(ours_tps)}
+
+    if name == "lstm":  # the plain baseline exists for the PTB-protocol LSTM
+        torch.manual_seed(0)
+        plain = PlainLSTMVAE(tokenizer.vocab_size, tokenizer.pad_id)
+        plain_opt = torch.optim.Adam(plain.parameters(), lr=1e-3)
+        generator = torch.Generator().manual_seed(0)
+        random_order = torch.randperm(len(train.split), generator=generator).tolist()
+        plain_batches = []
+        for s in range(steps):
+            index = random_order[s * 32: (s + 1) * 32]
+            batch = collate([train.split.ids[i] for i in index], index, tokenizer)
+            plain_batches.append((batch, sum(len(train.split.ids[i]) + 1 for i in index)))
+
+        def plain_step(batch):
+            loss = plain(batch.tokens, batch.lengths)
+            plain_opt.zero_grad()
+            loss.backward()
+            plain_opt.step()
+
+        plain_tps, _ = time_training(plain_step, plain_batches, args.warmup)
+        result.update(baseline_train_tokens_per_s=round(plain_tps), train_speedup=round(ours_tps / plain_tps, 2))
+
+    # IW-NLL evaluation, sentences/s (bf16 vs fp32 of the same code).
+    model.eval()
+    test = TextBatches(splits["test"], tokenizer, 32, shuffle=False)
+    batches = list(test.iterate())[: args.eval_batches]
+    for precision in ("bf16", "fp32"):
+        ctx = autocast_context(device, precision)
+        start, count = time.perf_counter(), 0
+        with torch.no_grad():
+            for batch in batches:
+                with ctx():
+                    importance_weighted_log_likelihood(model, batch, args.iw_samples, 50)
+                count += len(batch)
+        result[f"iw_nll_sentences_per_s_{precision}"] = round(count / (time.perf_counter() - start), 2)
+    result["iw_speedup"] = round(result["iw_nll_sentences_per_s_bf16"] / result["iw_nll_sentences_per_s_fp32"], 2)
+    # Generation (prior samples, sampling, batch 64).
+    for precision in ("bf16", "fp32"):
+        ctx = autocast_context(device, precision)
+        start = time.perf_counter()
+        with torch.no_grad(), ctx():
+            for _ in range(3):
+                z = torch.randn(64, config.model.latent_dim)
+                generate(model.decoder, z, 64, tokenizer.bos_id, tokenizer.eos_id,
+                         GenerationConfig(strategy="sample", max_length=40))
+        result[f"generation_sentences_per_s_{precision}"] = round(3 * 64 / (time.perf_counter() - start), 1)
+    result["peak_memory_mb"] = round(peak_memory_mb())
+    result["threads"] = torch.get_num_threads()
+    print(json.dumps(result), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=os.environ.get("TEXTVAE_DATA", "../shared/data") + "/ptb")
+    parser.add_argument("--steps", type=int, default=60, help="timed training steps per case")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--eval-batches", type=int, default=3)
+    parser.add_argument("--iw-samples", type=int, default=100)
+    parser.add_argument("--cases", default="lstm,transformer")
+    args = parser.parse_args()
+    if not Path(args.data).exists():
+        sys.exit(f"benchmark: error: no data at {args.data} (pass --data or set TEXTVAE_DATA)")
+    args.config_for = {"lstm": "ptb-lstm", "transformer": "transformer-small"}
+    base = build_config("ptb-lstm")
+    tokenizer = build_tokenizer(base.tokenizer, open(Path(args.data) / "ptb.train.txt").read().splitlines())
+    splits = load_splits(args.data, tokenizer, ["train", "test"], base.data.max_length)
+    for name in args.cases.split(","):
+        bench_case(name, [], splits, tokenizer, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Set up, train a small sentence VAE on the embedded WordNet corpus (a few
+# minutes on 2 CPU cores), then show prior samples, completions and an
+# interpolation. A finished run in runs/quickstart is reused, never overwritten.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash scripts/setup.sh
+export PATH="$PWD/.venv/bin:$PATH"
+RUN=${RUN:-runs/quickstart}
+if [ -f "$RUN/model.safetensors" ] && [ ! -d "$RUN/checkpoint" -o -f "$RUN/checkpoint/state.json" ] \
+   && grep -q '"finished": true' "$RUN/checkpoint/state.json" 2>/dev/null; then
+  echo "textvae: using the finished run in $RUN (delete it to train again)" >&2
+elif [ -d "$RUN/checkpoint" ]; then
+  textvae train --resume "$RUN"
+else
+  textvae train --data data/wordnet --out "$RUN" --config quickstart
+fi
+echo; echo "== prior samples: textvae sample $RUN -n 8 --seed 0"
+textvae sample "$RUN" -n 8 --seed 0
+echo; echo "== completions: textvae complete $RUN \"the man\" -n 4 --seed 0"
+textvae complete "$RUN" "the man" -n 4 --seed 0
+echo; echo "== interpolation: textvae interpolate $RUN \"he ran a mile\" \"she sang a beautiful song\" --steps 6"
+textvae interpolate "$RUN" "he ran a mile" "she sang a beautiful song" --steps 6

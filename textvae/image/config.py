@@ -1,0 +1,113 @@
+"""The MNIST model's config tree: data, model, and the shared objective and training sections.
+
+Saved as ``config.json`` with ``"kind": "image"`` at the top, so that text and
+image run folders cannot be mistaken for each other. Files, presets and
+``--set`` overrides go through the same machinery as the text config
+(``textvae.config``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from ..config import ObjectiveConfig, TrainConfig, _check, _choice, build_config, from_dict
+from ..errors import TextVAEError
+from .data import BINARIZE_MODES
+
+KIND = "image"
+
+
+@dataclass
+class ImageDataConfig:
+    path: str = ""  # folder with the splits (see image/data.py) or one image file; recorded for --resume and eval
+    binarize: str = "dynamic"  # grey images: a fresh Bernoulli draw per epoch ("dynamic") or one fixed draw ("static")
+    seed: int = 0  # binarization (static draws, evaluation splits) and the held-out validation rows
+    valid_fraction: float = 0.1  # share of the training images held out when there is no valid split
+
+    def __post_init__(self) -> None:
+        _choice("data.binarize", self.binarize, BINARIZE_MODES)
+        _check(0.0 < self.valid_fraction < 1.0, "data.valid_fraction must be in (0, 1)")
+
+
+@dataclass
+class ImageModelConfig:
+    """The convolutional VAE (image/model.py). The encoder has two conv blocks
+    of ``channels`` and ``2 * channels`` feature maps, each halving the image
+    (28 -> 14 -> 7); the decoder mirrors it."""
+
+    latent_dim: int = 200  # as in the original write-up
+    channels: int = 32
+    kernel_size: int = 5  # odd, so "same" padding keeps the size
+    hidden_dim: int = 512  # fully connected layer between the 7x7 feature maps and the latent
+    activation: str = "relu"
+    logvar_min: float = -10.0
+    logvar_max: float = 10.0
+    bn_vae_gamma: float = 0.0  # Zhu et al. 2020; 0 disables
+
+    def __post_init__(self) -> None:
+        from .model import ACTIVATIONS
+
+        for name in ("latent_dim", "channels", "hidden_dim", "kernel_size"):
+            _check(getattr(self, name) >= 1, f"model.{name} must be >= 1")
+        _check(self.kernel_size % 2 == 1, "model.kernel_size must be odd")
+        _choice("model.activation", self.activation, ACTIVATIONS)
+        _check(self.logvar_min < self.logvar_max, "model.logvar_min must be < model.logvar_max")
+        _check(self.bn_vae_gamma >= 0.0, "model.bn_vae_gamma must be >= 0")
+
+
+@dataclass
+class ImageConfig:
+    data: ImageDataConfig = field(default_factory=ImageDataConfig)
+    model: ImageModelConfig = field(default_factory=ImageModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)  # batch sizes etc.: see the mnist-* presets
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": KIND, **dataclasses.asdict(self)}
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "ImageConfig":
+        raw = dict(raw)
+        kind = raw.pop("kind", KIND)
+        _check(kind == KIND, f"this config is for a {kind} model, not the MNIST VAE")
+        return from_dict(cls, raw, "")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ImageConfig":
+        try:
+            raw = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise TextVAEError(f"cannot read {path}: {error}") from None
+        _check(isinstance(raw, dict), f"{path} must hold a JSON object")
+        return cls.from_dict(raw)
+
+
+def build_image_config(config_file: Optional[str] = None, overrides: Optional[list[str]] = None,
+                       base: Optional[dict[str, Any]] = None) -> ImageConfig:
+    """Defaults, then an optional YAML/JSON file or preset, then ``--set`` overrides."""
+    return build_config(config_file, overrides, base, root=ImageConfig)
+
+
+def check_image_run_dir(directory: Path, weights: bool = True) -> None:
+    """Raise a one-line TextVAEError unless ``directory`` holds an image run."""
+    from .model import CONFIG_FILE, WEIGHTS_FILE
+
+    if not directory.is_dir():
+        raise TextVAEError(f"{directory} is not a run directory (no such folder)")
+    for name in (CONFIG_FILE,) + ((WEIGHTS_FILE,) if weights else ()):
+        if not (directory / name).exists():
+            raise TextVAEError(f"{directory} is not a textvae run directory (no {name})")
+    try:
+        raw = json.loads((directory / CONFIG_FILE).read_text())
+        kind = raw.get("kind", "text")
+    except (json.JSONDecodeError, AttributeError):
+        raise TextVAEError(f"{directory / CONFIG_FILE} is not valid JSON") from None
+    if kind != KIND:
+        raise TextVAEError(f"{directory} holds a {kind} model, not an MNIST VAE")

@@ -1,0 +1,94 @@
+"""Aggressive inference-network training (He et al. 2019, "Lagging Inference
+Networks and Posterior Collapse in Variational Autoencoders", Algorithm 1).
+
+While the aggressive phase lasts, every training step first updates the
+encoder alone on fresh batches until its objective stops improving (checked
+every ``CHECK_EVERY`` inner steps, at most ``train.aggressive_max_inner``),
+then updates the decoder alone on the step's own batch. The phase ends at the
+first validation whose mutual information I(x; z) is lower than the previous
+one; training then goes on as usual.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..objectives import elbo_loss
+
+CHECK_EVERY = 15  # inner steps between two looks at the encoder's loss, as in the paper's code
+STREAM_EPOCH = 1_000_000  # inner batches come from a second, independent shuffle of the data
+
+
+class AggressiveSteps:
+    def __init__(self, trainer) -> None:
+        self.trainer = trainer
+        model = trainer.model
+        self.encoder_params = [p for name, p in model.named_parameters() if not name.startswith("decoder.")]
+        self.decoder_params = [p for name, p in model.named_parameters() if name.startswith("decoder.")]
+        trainer.state.setdefault("inner_epoch", 0)
+        trainer.state.setdefault("inner_batch", 0)
+        trainer.state.setdefault("inner_steps", 0)
+        self._stream = None
+
+    def step(self, batch, beta: float) -> dict[str, float]:
+        trainer, state = self.trainer, self.trainer.state
+        if not state["aggressive"]:
+            return trainer.train_step(batch, beta)
+        inner = self.update_encoder(beta)
+        state["inner_steps"] += inner
+        logs = self._update(batch, beta, self.decoder_params, self.encoder_params)
+        logs["inner_steps"] = inner
+        return logs
+
+    def update_encoder(self, beta: float) -> int:
+        """Encoder-only steps until the loss stops falling; returns their number."""
+        previous, running, count, steps = math.inf, 0.0, 0, 0
+        while steps < self.trainer.config.aggressive_max_inner:
+            logs = self._update(self._next_batch(), beta, self.encoder_params, self.decoder_params)
+            steps += 1
+            running += logs["loss"]
+            count += 1
+            if steps % CHECK_EVERY == 0:
+                current = running / count
+                if current >= previous:
+                    break
+                previous, running, count = current, 0.0, 0
+        return steps
+
+    def _update(self, batch, beta: float, train_params, frozen_params) -> dict[str, float]:
+        trainer = self.trainer
+        trainer.network.train()
+        with trainer.autocast():
+            out = trainer.network(batch)
+            loss = elbo_loss(out, beta, trainer.objective)
+        trainer.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for param in frozen_params:  # optimisers skip parameters without a gradient
+            param.grad = None
+        trainer.clip_and_step(trainer.optimizer, train_params)
+        return {"loss": float(loss.detach()), "rec": float(out.rec.detach().mean()), "kl": float(out.kl.detach().mean())}
+
+    def _next_batch(self):
+        """The next batch of the inner stream; its position is in the trainer
+        state, so a resumed run draws the same batches."""
+        state, data = self.trainer.state, self.trainer.train_data
+        if self._stream is None:
+            self._stream = data.iterate(STREAM_EPOCH + state["inner_epoch"], state["inner_batch"])
+        for batch in self._stream:
+            state["inner_batch"] += 1
+            return batch.to(self.trainer.device)
+        state["inner_epoch"] += 1
+        state["inner_batch"] = 0
+        self._stream = None
+        return self._next_batch()
+
+    def after_validation(self, result: dict) -> None:
+        """End the aggressive phase when MI stops rising."""
+        state = self.trainer.state
+        if not state["aggressive"] or "mi" not in result:
+            return
+        if result["mi"] < state["aggressive_best_mi"]:
+            state["aggressive"] = False
+            self.trainer.log_info(f"aggressive phase over at step {state['step']} (MI fell to {result['mi']:.3f}; "
+                                  f"{state['inner_steps']} encoder-only steps in all)")
+        state["aggressive_best_mi"] = max(state["aggressive_best_mi"], result["mi"])
