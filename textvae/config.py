@@ -331,13 +331,14 @@ def _string_fields(section: str, root: type) -> set[str]:
     return {name for name, kind in typing.get_type_hints(cls).items() if kind is str}
 
 
-def build_config(config_file: Optional[str] = None, overrides: Optional[list[str]] = None,
+def build_config(config_file: Optional[str | list[str]] = None, overrides: Optional[list[str]] = None,
                  base: Optional[dict[str, Any]] = None, root: Optional[type] = None) -> Any:
-    """Config (or another ``root`` tree) from an optional file (or base dict) plus ``--set`` overrides."""
+    """Config (or another ``root`` tree) from optional files (or a base dict) plus ``--set`` overrides.
+    ``config_file`` is one file or a list (``--config`` repeated), later ones winning."""
     root = root or Config
     raw = dict(base or {})
-    if config_file:
-        raw = _merge(raw, read_config_file(config_file))
+    for file in [config_file] if isinstance(config_file, (str, Path)) else config_file or []:
+        raw = _merge(raw, read_config_file(file))
     raw = apply_overrides(raw, overrides or [], root)
     return root.from_dict(raw)
 

@@ -47,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
         state = trainer.fit()
     finally:
         distributed.shutdown()
+    if trainer.interrupted:
+        return 130
     if distributed.rank() == 0:
         log.info(f"done at step {state['step']}; best validation -ELBO {state['saved_best']:.3f} nats per sentence; "
                  f"model in {trainer.run_dir}")

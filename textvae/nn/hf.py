@@ -49,17 +49,23 @@ def load_backbone(name: str, role: str, auto_class: str, saved_config: Optional[
     pretrained weights, or, when ``saved_config`` holds a ``config.json``, the
     bare architecture (its weights come from the run's safetensors)."""
     import transformers
+    from transformers.utils import logging as hf_logging
 
     factory = getattr(transformers, auto_class)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar in the middle of our logs
     try:
         if saved_config is not None and (saved_config / "config.json").exists():
             config = transformers.AutoConfig.from_pretrained(saved_config)
-            return factory.from_config(config, dtype=torch.float32)
+            return factory.from_config(config, dtype=torch.float32)  # float32 weights; bf16 comes from autocast
         return factory.from_pretrained(name, dtype=torch.float32)
     except (OSError, ValueError, KeyError) as error:
-        where = "folder" if Path(name).is_dir() else "hub name (offline? give a local folder)"
-        raise TextVAEError(f"cannot load model.{role}=hf:{name} as a {auto_class} {where}: "
+        where = "the folder" if Path(name).is_dir() else "the hub (offline? give a local folder)"
+        raise TextVAEError(f"cannot load model.{role}=hf:{name} with {auto_class} from {where}: "
                            f"{_first_line(error)}") from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 class Backbone(nn.Module):
@@ -98,8 +104,8 @@ class Backbone(nn.Module):
         if strangers:
             raise TextVAEError(self._mismatch(f"ids from {self.native_vocab:,} on are ordinary tokens such as "
                                               f"{strangers[0]!r}"))
-        reference = Path(self.name) / "tokenizer.json"
-        if reference.is_file():
+        reference = self._own_tokenizer_file()
+        if reference is not None:
             from tokenizers import Tokenizer as Backend
 
             own = Backend.from_file(str(reference)).get_vocab(with_added_tokens=True)
@@ -107,6 +113,21 @@ class Backbone(nn.Module):
             wrong = [token for token, index in own.items() if ours.get(token) != index]
             if wrong:
                 raise TextVAEError(self._mismatch(f"{len(wrong):,} tokens have other ids, e.g. {wrong[0]!r}"))
+
+    def _own_tokenizer_file(self) -> Optional[Path]:
+        """The backbone's tokenizer.json, in its folder or the local hub cache (never downloaded)."""
+        local = Path(self.name) / "tokenizer.json"
+        if local.is_file():
+            return local
+        if Path(self.name).exists():
+            return None
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(self.name, "tokenizer.json")
+        except Exception:  # a name that is not a valid repo id
+            return None
+        return Path(cached) if isinstance(cached, str) else None
 
     def save_backbone_config(self, run_dir: Path) -> None:
         """Write the backbone's config (vocabulary size after resizing included)."""
@@ -116,7 +137,8 @@ class Backbone(nn.Module):
 class HFEncoder(Backbone):
     """An encoder-only backbone (BERT-like) pooled as ``model.pooling`` says:
     ``first`` is BERT's [CLS] (the tokenizer's bos), ``mean`` averages the real
-    tokens, ``attention`` uses a learned query."""
+    tokens, ``attention`` uses a learned query. (A causal backbone used as the
+    encoder sees only bos at its first position: pool it by mean or attention.)"""
 
     def __init__(self, config: ModelConfig, vocab_size: int, pad_id: int, saved_dir: Optional[Path] = None) -> None:
         super().__init__()
@@ -135,7 +157,7 @@ class HFEncoder(Backbone):
 
 class HFDecoder(Backbone):
     """A causal-LM backbone (GPT-2-like) conditioned on z as Optimus does
-    (Li et al. 2020, Sec. 3.2), per ``model.latent_injection``:
+    (Li et al. 2020), per ``model.latent_injection``:
     - ``embedding``: W_e z is added to every input embedding (``inputs_embeds``);
     - ``memory``: W_m z gives each layer ``model.memory_vectors`` keys and
       values per head, passed as a prefix of the backbone's key/value cache;

@@ -122,7 +122,8 @@ class Pooling(nn.Module):
 
     ``mean`` averages the real tokens; ``first`` takes position 0 (bos, or
     BERT's [CLS]); ``attention`` lets a learned query attend over the real
-    tokens (the attention pooling of Lin et al. 2017, single query).
+    tokens (the attention pooling of Lin et al. 2017, "A Structured
+    Self-attentive Sentence Embedding", with one query).
     """
 
     def __init__(self, kind: str, width: int) -> None:
@@ -192,7 +193,7 @@ class TransformerDecoder(nn.Module):
     """Causal Transformer language model conditioned on z.
 
     ``model.latent_injection`` picks how z enters (Li et al. 2020, "Optimus:
-    Organizing Sentences via Pre-trained Modeling of a Latent Space", Sec. 3.2):
+    Organizing Sentences via Pre-trained Modeling of a Latent Space"):
     - ``embedding``: W_e z is added to every input embedding;
     - ``memory``: W_m z gives ``model.memory_vectors`` extra keys and values
       per layer, placed before the sentence in each layer's cache, so every

@@ -83,7 +83,7 @@ class Trainer:
             "step": 0, "epoch": 0, "batch": 0, "lr": train_config.lr, "phase_start": 0,
             "plateau_best": math.inf, "bad_evals": 0, "since_best": 0, "decays": 0,
             "saved_best": math.inf, "collapse_streak": 0, "collapse_warned": False, "finished": False,
-            "aggressive": train_config.aggressive, "aggressive_best_mi": -math.inf,
+            "stop_reason": None, "aggressive": train_config.aggressive, "aggressive_best_mi": -math.inf,
         }
         self._stop_signal: Optional[int] = None
         self.step_fn, self.aggressive = self.train_step, None
@@ -126,13 +126,16 @@ class Trainer:
         try:
             while not state["finished"] and state["epoch"] < config.epochs:
                 self._run_epoch()
-            state["finished"] = True
+            if not state["finished"]:
+                self._stop("epochs")
+                self.checkpoint()
         except _Stop:
             pass
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        self._finish()
+        if not self.interrupted:
+            self._finish()
         return state
 
     def _run_epoch(self) -> None:
@@ -153,7 +156,7 @@ class Trainer:
             if config.eval_every and state["step"] % config.eval_every == 0:
                 self.validate()
             if config.max_steps and state["step"] >= config.max_steps:
-                state["finished"] = True
+                self._stop("max_steps")
             if state["step"] % config.checkpoint_every == 0 or state["finished"] or self._stop_signal:
                 self.checkpoint()
             if state["finished"] or self._stop_signal:
@@ -166,6 +169,9 @@ class Trainer:
         if not config.eval_every:
             self.validate()
         self.checkpoint()
+
+    def _stop(self, reason: str) -> None:
+        self.state["finished"], self.state["stop_reason"] = True, reason
 
     def current_kl_weight(self) -> float:
         if self.state["epoch"] < self.config.ae_pretrain_epochs:
@@ -210,13 +216,13 @@ class Trainer:
                 state["decays"] += 1
                 if state["decays"] > config.max_lr_decays:
                     log.info(f"stopping: validation did not improve after {config.max_lr_decays} learning-rate decays")
-                    state["finished"] = True
+                    self._stop("lr_decays")
                 else:
                     self._set_lr(state["lr"] * config.lr_decay)
                     log.info(f"learning rate decayed to {state['lr']:.3g}")
             if config.early_stop_patience and state["since_best"] >= config.early_stop_patience:
                 log.info(f"early stopping: no improvement in {state['since_best']} evaluations")
-                state["finished"] = True
+                self._stop("early_stop")
         self._monitor_collapse(result)
         if self.aggressive:
             self.aggressive.after_validation(result)
@@ -271,6 +277,11 @@ class Trainer:
             state["phase_start"], state["lr"] = state["step"], self.config.lr
             state["plateau_best"], state["saved_best"] = math.inf, math.inf
             log.info("autoencoder pretraining done: decoder re-initialised")
+
+    @property
+    def interrupted(self) -> bool:
+        """True when a signal stopped the run before it was finished."""
+        return self._stop_signal is not None
 
     def log_info(self, message: str) -> None:
         if self.is_main:
