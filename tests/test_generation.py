@@ -1,0 +1,224 @@
+"""The generation engine (greedy, sampling, beam, prefixes) and the operations on it."""
+
+import pytest
+import torch
+from torch import nn
+
+from textvae.errors import TextVAEError
+from textvae.generation import GenerationConfig, filter_logits, generate
+from textvae.operations import slerp
+
+from conftest import TRAIN
+
+VOCAB, BOS, EOS = 12, 1, 2
+SCRIPTS = [[5, 6, 7], [8], [9, 10, 11, 5, 6]]
+
+
+class ScriptedDecoder(nn.Module):
+    """A decoder that ignores its inputs and, for row r (read from z), puts
+    almost all probability on SCRIPTS[r][t] at step t and on eos after it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        width = max(map(len, SCRIPTS)) + 1
+        table = torch.full((len(SCRIPTS), width + 64), EOS)
+        for row, script in enumerate(SCRIPTS):
+            table[row, : len(script)] = torch.tensor(script)
+        self.register_buffer("table", table)
+        self.output = nn.Linear(VOCAB, VOCAB, bias=False)
+        with torch.no_grad():
+            self.output.weight.copy_(10 * torch.eye(VOCAB))
+
+    def initial_state(self, z, batch_size):
+        return {"row": z[:, 0].long(), "position": torch.zeros(batch_size, dtype=torch.long)}
+
+    def forward(self, inputs, state):
+        steps = state["position"].unsqueeze(1) + torch.arange(inputs.shape[1])  # (B, T)
+        upcoming = self.table[state["row"].unsqueeze(1), steps]
+        hidden = nn.functional.one_hot(upcoming, VOCAB).float()  # (B, T, V)
+        return hidden, {"row": state["row"], "position": state["position"] + inputs.shape[1]}
+
+    @staticmethod
+    def select_state(state, index):
+        return {k: v.index_select(0, index) for k, v in state.items()}
+
+
+def scripted(config: GenerationConfig, prefixes=None, rows=(0, 1, 2), seed=0):
+    z = torch.tensor(rows, dtype=torch.float).unsqueeze(1)
+    return generate(ScriptedDecoder(), z, len(rows), BOS, EOS, config, prefixes, torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("config", [
+    GenerationConfig("greedy"),
+    GenerationConfig("sample", temperature=0.5),
+    GenerationConfig("sample", top_k=1, temperature=5.0),
+    GenerationConfig("sample", top_p=0.5),
+    GenerationConfig("beam", beam_size=1),
+    GenerationConfig("beam", beam_size=3),
+], ids=["greedy", "cold-sample", "top-k-1", "top-p", "beam-1", "beam-3"])
+def test_every_strategy_stops_at_eos(config):
+    assert scripted(config) == SCRIPTS
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "sample", "beam"])
+def test_max_length_cuts_outputs(strategy):
+    out = scripted(GenerationConfig(strategy, max_length=2, top_k=1))
+    assert out == [s[:2] for s in SCRIPTS]
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "sample", "beam"])
+def test_forced_prefixes_are_kept(strategy):
+    prefixes = [[11, 11], [], [3]]  # not what the decoder would choose
+    out = scripted(GenerationConfig(strategy, top_k=1, beam_size=2), prefixes)
+    assert out == [[11, 11, 7], [8], [3, 10, 11, 5, 6]]
+
+
+def test_max_length_counts_the_prefix():
+    out = scripted(GenerationConfig("greedy", max_length=2), [[9, 9, 9], [8], [5]])
+    assert out == [[9, 9], [8], [5, 10]]
+
+
+def test_invalid_generation_settings_raise():
+    for options in ({"strategy": "nucleus"}, {"temperature": 0.0}, {"top_p": 0.0}, {"beam_size": 0},
+                    {"max_length": 0}, {"top_k": -1}):
+        with pytest.raises(ValueError):
+            GenerationConfig(**options)
+
+
+# ---------------------------------------------------------- filter_logits
+def test_top_k_keeps_exactly_k():
+    logits = torch.randn(4, 30, generator=torch.Generator().manual_seed(0))
+    kept = filter_logits(logits, top_k=5)
+    assert (torch.isfinite(kept).sum(-1) == 5).all()
+    top = logits.topk(5, dim=-1).indices
+    assert torch.equal(kept.gather(-1, top), logits.gather(-1, top))
+    assert torch.equal(filter_logits(logits, top_k=0), logits)
+    assert torch.equal(filter_logits(logits, top_k=100), logits)
+
+
+@pytest.mark.parametrize("top_p, nucleus", [(0.5, {3}), (0.7, {3, 0}), (0.8, {3, 0}), (0.81, {3, 0, 1}),
+                                            (0.99, {3, 0, 1, 2}), (1.0, {3, 0, 1, 2})])
+def test_top_p_keeps_the_nucleus(top_p, nucleus):
+    probs = torch.tensor([[0.3, 0.15, 0.05, 0.5]])
+    kept = filter_logits(probs.log(), top_p=top_p)
+    assert set(torch.isfinite(kept[0]).nonzero().flatten().tolist()) == nucleus
+    assert torch.allclose(kept.softmax(-1)[0, list(nucleus)], probs[0, list(nucleus)] / probs[0, list(nucleus)].sum())
+
+
+def test_top_k_and_top_p_combine():
+    probs = torch.tensor([[0.3, 0.15, 0.05, 0.5]])
+    kept = filter_logits(probs.log(), top_k=3, top_p=0.9)  # top-3 renormalised: 0.526, 0.316, 0.158
+    assert set(torch.isfinite(kept[0]).nonzero().flatten().tolist()) == {0, 1, 3}
+
+
+# ------------------------------------------------------ on the tiny model
+def decode(model, strategy="greedy", seed=None, n=4, **options):
+    return model.sample(n, strategy=strategy, seed=seed, **options)
+
+
+def test_greedy_is_deterministic(tiny_model):
+    tok = tiny_model.tokenizer
+    z = torch.randn(4, 4, generator=torch.Generator().manual_seed(0))
+    runs = [generate(tiny_model.decoder, z, 4, tok.bos_id, tok.eos_id, GenerationConfig("greedy", max_length=10),
+                     generator=torch.Generator().manual_seed(seed)) for seed in (0, 1)]
+    assert runs[0] == runs[1]
+    assert tiny_model.reconstruct(TRAIN[:3]) == tiny_model.reconstruct(TRAIN[:3])
+
+
+def test_seeded_sampling_is_reproducible(tiny_model):
+    first = decode(tiny_model, "sample", seed=7, n=6)
+    assert decode(tiny_model, "sample", seed=7, n=6) == first
+    assert decode(tiny_model, "sample", seed=8, n=6) != first
+    assert len(decode(tiny_model, "sample", seed=1, n=1)) == 1
+
+
+def test_top_k_1_sampling_and_width_1_beam_equal_greedy(tiny_model):
+    z = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
+    tok = tiny_model.tokenizer
+
+    def run(prefixes=None, **options):
+        config = GenerationConfig(max_length=12, **options)
+        return generate(tiny_model.decoder, z, 5, tok.bos_id, tok.eos_id, config, prefixes,
+                        torch.Generator().manual_seed(1))
+
+    greedy = run(strategy="greedy")
+    assert run(strategy="sample", top_k=1, temperature=2.0) == greedy
+    assert run(strategy="beam", beam_size=1) == greedy
+    assert run(strategy="beam", beam_size=1, length_penalty=0.0) == greedy
+    prefixes = [tok.encode("the dog")] * 5
+    assert run(prefixes, strategy="beam", beam_size=1) == run(prefixes, strategy="greedy")
+    assert all(out[:2] == prefixes[0] for out in run(prefixes, strategy="beam", beam_size=3))
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "sample", "beam"])
+def test_outputs_hold_no_eos_and_respect_max_length(tiny_model, strategy):
+    tok = tiny_model.tokenizer
+    z = torch.randn(6, 4, generator=torch.Generator().manual_seed(2))
+    out = generate(tiny_model.decoder, z, 6, tok.bos_id, tok.eos_id, GenerationConfig(strategy, max_length=7),
+                   generator=torch.Generator().manual_seed(0))
+    assert len(out) == 6
+    for ids in out:
+        assert len(ids) <= 7
+        assert tok.eos_id not in ids
+
+
+def test_eos_ends_generation_early(tiny_model):
+    tok = tiny_model.tokenizer
+    with torch.no_grad():
+        tiny_model.decoder.output.bias[tok.eos_id] += 100.0  # eos always wins
+    assert tiny_model.sample(3, strategy="greedy") == ["", "", ""]
+    with torch.no_grad():
+        tiny_model.decoder.output.bias[tok.eos_id] -= 1000.0  # eos never wins
+    out = generate(tiny_model.decoder, torch.zeros(2, 4), 2, tok.bos_id, tok.eos_id, GenerationConfig(max_length=9))
+    assert [len(ids) for ids in out] == [9, 9]
+
+
+# ------------------------------------------------------------ operations
+def test_complete_keeps_the_prefix(tiny_model):
+    for strategy in ("sample", "greedy", "beam"):
+        outputs = tiny_model.complete("the dog", n=3, strategy=strategy, seed=0, proposals=32)
+        assert len(outputs) == 3
+        assert all(text.startswith("the dog") for text in outputs)
+    # A prefix longer than max_length is kept whole.
+    long_prefix = "the dog sat on the mat"
+    assert all(t.startswith(long_prefix) for t in tiny_model.complete(long_prefix, n=2, max_length=2, proposals=8))
+    # A word outside the vocabulary keeps the user's spelling.
+    assert all(t.startswith("the zebra") for t in tiny_model.complete("the zebra", n=2, seed=0, proposals=16))
+    with pytest.raises(TextVAEError):
+        tiny_model.complete("  ")
+
+
+def test_interpolation_starts_and_ends_at_the_reconstructions(tiny_model):
+    a, b = TRAIN[0], TRAIN[8]
+    ends = tiny_model.reconstruct([a, b])
+    for method in ("linear", "slerp"):
+        path = tiny_model.interpolate(a, b, steps=5, method=method)
+        assert len(path) == 5
+        assert [path[0], path[-1]] == ends
+    with pytest.raises(TextVAEError):
+        tiny_model.interpolate(a, b, steps=1)
+    with pytest.raises(TextVAEError):
+        tiny_model.interpolate(a, b, method="cubic")
+
+
+def test_slerp():
+    a, b = torch.tensor([2.0, 0.0]), torch.tensor([0.0, 2.0])
+    path = slerp(a, b, torch.linspace(0, 1, 5))
+    assert torch.allclose(path[0], a, atol=1e-6) and torch.allclose(path[-1], b, atol=1e-6)
+    assert torch.allclose(path.norm(dim=1), torch.full((5,), 2.0))  # stays on the sphere
+    angles = torch.atan2(path[:, 1], path[:, 0])
+    assert torch.allclose(angles.diff(), torch.full((4,), torch.pi / 8), atol=1e-5)  # constant angular speed
+    assert torch.allclose(slerp(a, 3 * a, torch.tensor([0.5])), torch.tensor([[4.0, 0.0]]))  # parallel: linear
+
+
+def test_language_model_samples_but_has_no_latent(word_tokenizer):
+    from textvae.model import TextVAE
+
+    from conftest import tiny_config
+
+    torch.manual_seed(0)
+    lm = TextVAE(tiny_config(model={"latent_dim": 0}), word_tokenizer).eval()
+    assert len(lm.sample(3, seed=0)) == 3
+    assert all(t.startswith("the cat") for t in lm.complete("the cat", n=2, seed=0))
+    with pytest.raises(TextVAEError):
+        lm.interpolate(TRAIN[0], TRAIN[1])

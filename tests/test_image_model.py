@@ -1,0 +1,223 @@
+"""Tests for the convolutional MNIST VAE: model, batches, config, and the
+``textvae mnist`` commands on a tiny generated data set."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import textvae.evaluation.likelihood as likelihood
+from textvae.config import Config, ObjectiveConfig, TrainConfig
+from textvae.errors import TextVAEError
+from textvae.evaluation.elbo import evaluate_elbo
+from textvae.image.batches import ImageBatch, ImageBatches
+from textvae.image.config import ImageConfig, build_image_config
+from textvae.image.model import ConvVAE, bernoulli_log_likelihood
+from textvae.training.trainer import Trainer
+
+TINY = {"latent_dim": 3, "channels": 4, "kernel_size": 3, "hidden_dim": 16}
+TINY_FLAGS = [item for key, value in TINY.items() for item in ("--set", f"model.{key}={value}")] + [
+    "--set", "train.batch_size=8", "--set", "train.eval_batch_size=16", "--set", "train.device=cpu",
+    "--set", "train.log_every=1", "--set", "train.epochs=1"]
+
+
+def tiny_model(seed: int = 0, **model) -> ConvVAE:
+    torch.manual_seed(seed)
+    return ConvVAE(ImageConfig.from_dict({"model": {**TINY, **model}})).eval()
+
+
+def strokes(n: int, seed: int = 0) -> np.ndarray:
+    """n binary 28x28 images (N, 784) uint8: a random horizontal and vertical bar each."""
+    rng = np.random.default_rng(seed)
+    images = np.zeros((n, 28, 28), dtype=np.uint8)
+    for image, (row, col) in zip(images, rng.integers(4, 24, size=(n, 2))):
+        image[row - 2: row + 2, 4:24] = 1
+        image[4:24, col - 2: col + 2] = 1
+    return images.reshape(n, 784)
+
+
+def batch_of(n: int, seed: int = 0) -> ImageBatch:
+    images = torch.as_tensor(strokes(n, seed)).float().view(n, 1, 28, 28)
+    return ImageBatch(images, torch.arange(n))
+
+
+@pytest.fixture(scope="module")
+def mnist_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("mnist")
+    for split, n in (("train", 48), ("valid", 16), ("test", 16)):
+        np.savez(folder / f"binarized_mnist_{split}.npz", x=strokes(n, seed=len(split)))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory, mnist_dir) -> Path:
+    from textvae.cli import main
+
+    out = tmp_path_factory.mktemp("runs") / "mnist"
+    assert main(["-q", "mnist", "train", "--data", str(mnist_dir), "--out", str(out), *TINY_FLAGS]) == 0
+    return out
+
+
+# ------------------------------------------------------------------ model
+@pytest.mark.parametrize("size", [1, 3])
+def test_shapes_through_encoder_and_decoder(size):
+    model, batch = tiny_model(), batch_of(size)
+    q = model.posterior(batch)
+    assert q.mean.shape == q.logvar.shape == (size, 3)
+    assert model.decoder(q.mean).shape == (size, 1, 28, 28)
+    out = model(batch)
+    assert out.rec.shape == out.kl.shape == (size,) and out.kl_per_dim.shape == (size, 3)
+    assert out.tokens.tolist() == [784] * size
+    assert model.log_likelihood(batch, q.sample(5)).shape == (5, size)
+    assert model.sample(2).shape == (2, 1, 28, 28) and model.reconstruct(batch.images).shape == (size, 1, 28, 28)
+    assert model.interpolate(batch.images, batch.images, steps=4).shape == (size, 4, 1, 28, 28)
+
+
+def test_bernoulli_log_likelihood_matches_a_hand_computation():
+    logits = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    images = (torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(1)) < 0.3).float()
+    p = torch.sigmoid(logits.double())
+    by_hand = (images * p.log() + (1 - images) * (1 - p).log()).flatten(1).sum(1)
+    assert torch.allclose(bernoulli_log_likelihood(logits, images).double(), by_hand, atol=1e-3)
+    assert bernoulli_log_likelihood(torch.zeros(1, 1, 28, 28), images[:1]).item() == pytest.approx(-784 * math.log(2))
+
+
+def test_log_likelihood_agrees_with_forward_at_the_same_z():
+    model, batch = tiny_model(), batch_of(3)
+    z = model.posterior(batch).sample(generator=torch.Generator().manual_seed(0))
+    direct = bernoulli_log_likelihood(model.decoder(z), batch.images)
+    assert torch.allclose(model.log_likelihood(batch, z.unsqueeze(0))[0], direct, atol=1e-4)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["kind"] == "image"
+    loaded = ConvVAE.from_pretrained(tmp_path / "run")
+    batch = batch_of(2)
+    assert torch.equal(loaded.posterior(batch).mean, model.posterior(batch).mean)
+
+
+def test_loss_falls_with_the_shared_trainer(tmp_path):
+    model = tiny_model(latent_dim=2)
+    images = torch.as_tensor(strokes(200)).float().view(-1, 1, 28, 28)
+    data, held = ImageBatches(images, None, 8, shuffle=True), ImageBatches(images[:32], None, 32)
+    before = -evaluate_elbo(model, held.iterate(0), torch.device("cpu"))["elbo"]
+    train = TrainConfig(epochs=1, batch_size=8, lr=0.01, device="cpu", log_every=5)  # 25 steps
+    Trainer(model, train, ObjectiveConfig(), data, held, tmp_path).fit()
+    after = -evaluate_elbo(model, held.iterate(0), torch.device("cpu"))["elbo"]
+    assert after < before - 50
+
+
+# ----------------------------------------------------------------- batches
+def test_batches_resume_exactly_and_redraw_dynamic_pixels_per_epoch():
+    grey = np.random.default_rng(0).integers(0, 256, size=(20, 784), dtype=np.uint8)
+    data = ImageBatches.binarized(grey, np.arange(20), 4, mode="dynamic", seed=3, shuffle=True)
+    assert data.dynamic and data.num_batches(0) == 5
+    full = list(data.iterate(1))
+    tail = list(data.iterate(1, start=2))
+    assert all(torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels) for a, b in zip(full[2:], tail))
+    assert set(full[0].images.unique().tolist()) <= {0.0, 1.0}
+    again = list(ImageBatches.binarized(grey, np.arange(20), 4, mode="dynamic", seed=3, shuffle=True).iterate(1))
+    assert all(torch.equal(a.images, b.images) for a, b in zip(full, again))
+    assert not torch.equal(torch.cat([b.images for b in full])[torch.cat([b.labels for b in full]).argsort()],
+                           torch.cat([b.images for b in data.iterate(2)])[torch.cat([b.labels for b in data.iterate(2)]).argsort()])
+
+
+def test_static_batches_keep_every_image_in_order():
+    data = ImageBatches.binarized(strokes(10), None, 4)
+    assert [len(b) for b in data.iterate(0)] == [4, 4, 2]
+    assert data.labels.tolist() == [-1] * 10
+
+
+# ------------------------------------------------------------------ config
+def test_config_kind_and_overrides(tmp_path):
+    config = build_image_config("mnist-tuned", ["model.latent_dim=8", "train.epochs=2"])
+    assert (config.model.latent_dim, config.train.epochs) == (8, 2)
+    assert build_image_config("mnist-writeup").model.latent_dim == 200
+    config.save(tmp_path / "config.json")
+    assert ImageConfig.load(tmp_path / "config.json") == config
+    with pytest.raises(TextVAEError, match="text model"):
+        ImageConfig.from_dict({"kind": "text"})
+    with pytest.raises(TextVAEError, match="unknown config key 'model.encoder'"):
+        build_image_config(None, ["model.encoder=lstm"])
+    with pytest.raises(TextVAEError, match="model.kernel_size must be odd"):
+        build_image_config(None, ["model.kernel_size=4"])
+
+
+# ---------------------------------------------------------------------- CLI
+def test_cli_end_to_end(cli, image_run, mnist_dir, tmp_path):
+    assert (image_run / "model.safetensors").exists() and (image_run / "checkpoint").is_dir()
+    result = cli("mnist", "eval", image_run, "--data", mnist_dir, "--iw-samples", "4", "--json", tmp_path / "e.json")
+    assert result.code == 0, result.err
+    figures = json.loads(result.out)
+    assert figures["images"] == 16 and figures["iw_samples"] == 4
+    assert figures == json.loads((image_run / "eval_test.json").read_text()) == json.loads((tmp_path / "e.json").read_text())
+    assert figures["iw_nll"] <= -figures["elbo"] + 5  # IW with 4 samples: close to or below the 1-sample bound
+    for command in (["sample", "-n", "4"], ["reconstruct", "-n", "4"], ["interpolate", "--pairs", "2", "--steps", "3"],
+                    ["latent"]):
+        png = tmp_path / f"{command[0]}.png"
+        result = cli("mnist", command[0], image_run, *command[1:], "--out", png)
+        assert result.code == 0, result.err
+        assert result.out_lines == [str(png)] and png.stat().st_size > 0
+
+
+def test_cli_resume_continues_the_run(cli, mnist_dir, tmp_path):
+    out = tmp_path / "run"
+    assert cli("mnist", "train", "--data", mnist_dir, "--out", out, *TINY_FLAGS, "--set", "train.max_steps=2").code == 0
+    result = cli("mnist", "train", "--resume", out, "--set", "train.max_steps=4")
+    assert result.code == 0, result.err
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 4
+
+
+def test_mnist_eval_uses_the_shared_importance_weighted_estimator(cli, image_run, mnist_dir, monkeypatch):
+    from textvae.cli import mnist as mnist_cli
+
+    calls = []
+    shared = likelihood.importance_weighted_log_likelihood
+
+    def spy(*args, **kwargs):
+        calls.append(args[2])
+        return shared(*args, **kwargs)
+
+    assert mnist_cli.likelihood is likelihood
+    monkeypatch.setattr(likelihood, "importance_weighted_log_likelihood", spy)
+    assert cli("mnist", "eval", image_run, "--data", mnist_dir, "--iw-samples", "3").code == 0
+    assert calls and set(calls) == {3}
+
+
+def test_cli_trains_on_the_embedded_sample_by_default(cli, tmp_path):
+    from textvae.cli.mnist import SAMPLE_DATA
+
+    if not (SAMPLE_DATA / "mnist_5k.npz").exists():
+        pytest.skip("the embedded sample is absent")
+    out = tmp_path / "run"
+    result = cli("mnist", "train", "--out", out, *TINY_FLAGS, "--set", "train.max_steps=1")
+    assert result.code == 0, result.err
+    assert json.loads((out / "config.json").read_text())["data"]["path"] == str(SAMPLE_DATA)
+
+
+@pytest.mark.parametrize("problem", ["missing data file", "text run", "no run", "grey text file"])
+def test_bad_input_gives_one_error_line(cli, image_run, tmp_path, problem):
+    if problem == "missing data file":
+        result = cli("mnist", "train", "--data", tmp_path / "nothing.npz", "--out", tmp_path / "run")
+        assert "nothing.npz" in result.err and not (tmp_path / "run").exists()
+    elif problem == "text run":
+        run = tmp_path / "text_run"
+        (run / "tokenizer").mkdir(parents=True)
+        Config().save(run / "config.json")
+        (run / "model.safetensors").write_bytes(b"")
+        result = cli("mnist", "sample", run)
+        assert "text model, not an MNIST VAE" in result.err
+    elif problem == "no run":
+        result = cli("mnist", "latent", tmp_path / "nowhere")
+    else:
+        (tmp_path / "bad.npz").write_text("not an archive")
+        result = cli("mnist", "eval", image_run, "--data", tmp_path / "bad.npz", "--iw-samples", "2")
+        assert "not a readable npz file" in result.err
+    assert result.code != 0 and len(result.err_lines) == 1 and result.err.startswith("textvae: error: ")

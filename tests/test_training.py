@@ -1,0 +1,133 @@
+"""The trainer: learning, run-folder files, and exact resume."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from textvae.data import TextBatches, tokenize_split
+from textvae.training.checkpoint import find_checkpoint
+from textvae.training.trainer import Trainer
+
+from conftest import TINY_FLAGS, TRAIN, VALID, tiny_config
+
+
+def records(run_dir, split=None):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if split is None or r["split"] == split]
+
+
+def make_trainer(tokenizer, run_dir, **train):
+    from textvae.model import TextVAE
+
+    config = tiny_config(train=train)
+    torch.manual_seed(config.train.seed)
+    model = TextVAE(config, tokenizer)
+    train_split = tokenize_split("train", TRAIN, tokenizer, config.data.max_length)
+    valid_split = tokenize_split("valid", VALID, tokenizer, config.data.max_length)
+    train_data = TextBatches(train_split, tokenizer, config.train.batch_size, config.train.seed, True, 2)
+    valid_data = TextBatches(valid_split, tokenizer, config.train.eval_batch_size, shuffle=False)
+    run_dir.mkdir()
+    return Trainer(model, config.train, config.objective, train_data, valid_data, run_dir)
+
+
+def test_training_loss_falls_and_the_run_folder_is_complete(word_tokenizer, tmp_path):
+    trainer = make_trainer(word_tokenizer, tmp_path / "run", max_steps=30, epochs=100, eval_every=10, lr=0.02)
+    state = trainer.fit()
+    assert state["step"] == 30 and state["finished"]
+    train = records(tmp_path / "run", "train")
+    assert [r["step"] for r in train] == list(range(1, 31))
+    assert {"loss", "rec", "kl", "kl_weight", "lr", "epoch"} <= set(train[0])
+    first, last = sum(r["loss"] for r in train[:5]) / 5, sum(r["loss"] for r in train[-5:]) / 5
+    assert last < 0.8 * first
+    valid = records(tmp_path / "run", "valid")
+    assert [r["step"] for r in valid] == [10, 20, 30]
+    assert {"rec", "kl", "elbo", "mi", "au"} <= set(valid[0])
+    assert valid[-1]["elbo"] > valid[0]["elbo"]
+    assert (tmp_path / "run" / "model.safetensors").exists()
+    checkpoint = find_checkpoint(tmp_path / "run")
+    assert {p.name for p in checkpoint.iterdir()} >= {"model.safetensors", "optimizer.pt", "state.json"}
+    assert json.loads((checkpoint / "state.json").read_text())["step"] == 30
+
+
+def test_validation_once_per_epoch_by_default(word_tokenizer, tmp_path):
+    trainer = make_trainer(word_tokenizer, tmp_path / "run", epochs=2)
+    state = trainer.fit()
+    steps_per_epoch = trainer.train_data.num_batches(0)
+    assert state["step"] == 2 * steps_per_epoch and state["epoch"] == 2
+    assert [r["step"] for r in records(tmp_path / "run", "valid")] == [steps_per_epoch, 2 * steps_per_epoch]
+
+
+def test_best_weights_are_those_of_the_best_validation(word_tokenizer, tmp_path):
+    run = tmp_path / "run"
+    trainer = make_trainer(word_tokenizer, run, max_steps=12, epochs=100, eval_every=4, lr=0.02)
+    trainer.fit()
+    best = min(records(run, "valid"), key=lambda r: -r["elbo"])
+    from textvae.evaluation.elbo import evaluate_elbo
+
+    load = load_file(run / "model.safetensors")
+    trainer.model.load_state_dict(load, strict=False)
+    result = evaluate_elbo(trainer.model, trainer.valid_data.iterate(0), torch.device("cpu"))
+    assert result["elbo"] == pytest.approx(best["elbo"], rel=1e-5)
+
+
+# ------------------------------------------------------------ exact resume
+STEPS = 16  # 50 sentences in batches of 8: 7 steps an epoch, so both halves cross an epoch boundary
+RESUME_FLAGS = [*TINY_FLAGS, "--set", "train.epochs=10", "--set", "train.eval_every=5", "--set", "train.seed=3",
+                "--set", "train.checkpoint_every=3", "--set", "train.lr_patience=1", "--set", "model.dropout=0.1",
+                "--set", "model.word_dropout=0.25", "--set", "objective.kl_schedule=linear",
+                "--set", "objective.kl_warmup_steps=10", "-q"]
+
+
+def train_cli(*args):
+    from textvae.cli import main
+
+    args = [str(a) for a in args]
+    quiet = ["-q"] if "-q" in args else []
+    code = main([*quiet, "train", *[a for a in args if a != "-q"]])
+    assert code == 0
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, shared_corpus):
+    run = tmp_path_factory.mktemp("resume") / "A"
+    train_cli("--data", shared_corpus, "--out", run, *RESUME_FLAGS, "--set", f"train.max_steps={STEPS}")
+    return run
+
+
+@pytest.mark.parametrize("leftover", ["none", "garbage_tmp", "only_old"])
+def test_resume_is_exact(uninterrupted, shared_corpus, tmp_path, leftover):
+    run = tmp_path / "B"
+    train_cli("--data", shared_corpus, "--out", run, *RESUME_FLAGS, "--set", f"train.max_steps={STEPS // 2}")
+    assert json.loads((run / "checkpoint" / "state.json").read_text())["step"] == STEPS // 2
+    if leftover == "garbage_tmp":  # a checkpoint write killed half-way
+        (run / "checkpoint.tmp").mkdir()
+        (run / "checkpoint.tmp" / "model.safetensors").write_bytes(b"\x00garbage")
+        (run / "checkpoint.tmp" / "state.json").write_text("{not json")
+    elif leftover == "only_old":  # killed between the two renames
+        (run / "checkpoint").rename(run / "checkpoint.old")
+    train_cli("--resume", run, "--set", f"train.max_steps={STEPS}", "-q")
+    state = json.loads((run / "checkpoint" / "state.json").read_text())
+    assert state["step"] == STEPS and state["epoch"] == STEPS // 7
+    assert not (run / "checkpoint.tmp").exists() and not (run / "checkpoint.old").exists()
+    a = load_file(uninterrupted / "checkpoint" / "model.safetensors")
+    b = load_file(run / "checkpoint" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    # The log holds each step once, as in the uninterrupted run.
+    assert [r["step"] for r in records(run)] == [r["step"] for r in records(uninterrupted)]
+    assert [r["loss"] for r in records(run, "train")] == [r["loss"] for r in records(uninterrupted, "train")]
+    assert json.loads((run / "config.json").read_text())["train"]["max_steps"] == STEPS
+
+
+def test_resuming_a_finished_run_trains_no_further(uninterrupted, tmp_path):
+    run = tmp_path / "A"
+    shutil.copytree(uninterrupted, run)
+    train_cli("--resume", run, "-q")
+    a = load_file(uninterrupted / "checkpoint" / "model.safetensors")
+    b = load_file(run / "checkpoint" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((run / "checkpoint" / "state.json").read_text())["step"] == STEPS
