@@ -163,7 +163,10 @@ def main() -> None:
     parser.add_argument("--eval-batches", type=int, default=3)
     parser.add_argument("--iw-samples", type=int, default=100)
     parser.add_argument("--cases", default="lstm,transformer")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if not Path(args.data).exists():
         sys.exit(f"benchmark: error: no data at {args.data} (pass --data or set TEXTVAE_DATA)")
     args.config_for = {"lstm": "ptb-lstm", "transformer": "transformer-small"}

@@ -34,13 +34,18 @@ def test_train_writes_a_complete_run(trained_run):
     assert splits == {"train", "valid"}
 
 
-def test_train_on_a_single_file(cli, tmp_path):
+def test_train_on_a_single_file_with_a_config_file(cli, tmp_path):
     data = tmp_path / "sentences.txt"
     data.write_text("\n".join(TRAIN) + "\n")
-    result = cli("-q", "train", "--data", data, "--out", tmp_path / "run", *TINY_FLAGS, "--set", "train.max_steps=2",
+    config = tmp_path / "tiny.yaml"
+    config.write_text("model: {embed_dim: 16, hidden_dim: 16, latent_dim: 3}\n"
+                      "train: {batch_size: 8, max_steps: 2, lr: 1e-2, device: cpu}\n")
+    result = cli("-q", "train", "--data", data, "--out", tmp_path / "run", "--config", config,
                  "--tokenizer", "bpe", "--set", "tokenizer.vocab_size=300")
     assert result.code == 0 and result.out == ""
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["tokenizer"]["spec"] == "bpe"
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["tokenizer"]["spec"] == "bpe" and saved["model"]["latent_dim"] == 3
+    assert saved["train"]["lr"] == 0.01 and saved["data"]["path"] == str(data)
 
 
 # ------------------------------------------------------------------- use

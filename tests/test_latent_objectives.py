@@ -101,15 +101,17 @@ def test_cyclical_schedule_restarts_and_reaches_the_top():
 
 # ------------------------------------------------------------ free bits
 def kl_grid() -> torch.Tensor:
-    # (B=2, D=3): dimension 0 well above the floor, 1 below, 2 mixed per example.
-    return torch.tensor([[2.0, 0.1, 0.2], [3.0, 0.2, 1.5]], requires_grad=True)
+    # (B=2, D=3) against a floor of 0.5: dimension 0 above it everywhere; 1 below
+    # it on the batch mean but above for one example; 2 above on the mean only.
+    return torch.tensor([[2.0, 0.1, 0.2], [3.0, 0.8, 1.5]], requires_grad=True)
 
 
 def test_free_bits_dim_batch():
     kl = kl_grid()
     floored = free_bits_kl(kl, 0.5, "dim_batch")
-    # batch means per dimension: 2.5 (kept), 0.15 (floored), 0.85 (kept)
+    # batch means per dimension: 2.5 (kept), 0.45 (floored), 0.85 (kept)
     assert floored.mean().item() == pytest.approx(2.5 + 0.5 + 0.85)
+    assert floored.tolist() == pytest.approx([2.0 + 0.5 + 0.2, 3.0 + 0.5 + 1.5])
     floored.mean().backward()
     assert kl.grad[:, 1].abs().sum() == 0
     assert (kl.grad[:, [0, 2]] > 0).all()
@@ -118,15 +120,15 @@ def test_free_bits_dim_batch():
 def test_free_bits_dim_example():
     kl = kl_grid()
     floored = free_bits_kl(kl, 0.5, "dim_example")
-    assert floored.tolist() == pytest.approx([2.0 + 0.5 + 0.5, 3.0 + 0.5 + 1.5])
+    assert floored.tolist() == pytest.approx([2.0 + 0.5 + 0.5, 3.0 + 0.8 + 1.5])
     floored.sum().backward()
-    assert kl.grad.tolist() == [[1.0, 0.0, 0.0], [1.0, 0.0, 1.0]]
+    assert kl.grad.tolist() == [[1.0, 0.0, 0.0], [1.0, 1.0, 1.0]]
 
 
 def test_free_bits_total():
     kl = kl_grid()
     floored = free_bits_kl(kl, 3.0, "total")
-    assert floored.tolist() == pytest.approx([3.0, 4.7])
+    assert floored.tolist() == pytest.approx([3.0, 5.3])
     floored.sum().backward()
     assert kl.grad.tolist() == [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]
 

@@ -154,6 +154,9 @@ def _train_valid(path: Path, config: ImageConfig) -> tuple[ImageBatches, ImageBa
     if train.num_batches(0) == 0 or len(train) < train_cfg.batch_size:
         raise TextVAEError(f"{len(train)} training images: fewer than one batch of train.batch_size="
                            f"{train_cfg.batch_size}")
+    if 0 < data.valid_limit < len(valid[0]):
+        rows = np.sort(np.random.default_rng(data.seed).permutation(len(valid[0]))[: data.valid_limit])
+        valid = valid[0][rows], None if valid[1] is None else valid[1][rows]
     valid = ImageBatches.binarized(*valid, train_cfg.eval_batch_size, "static", data.seed + 1)
     how = "already binary" if is_binary(torch.as_tensor(images)) else f"{data.binarize} binarization"
     log.info(f"data: {len(train):,} training images ({how}), {len(valid):,} validation")

@@ -27,10 +27,14 @@ class ImageDataConfig:
     binarize: str = "dynamic"  # grey images: a fresh Bernoulli draw per epoch ("dynamic") or one fixed draw ("static")
     seed: int = 0  # binarization (static draws, evaluation splits) and the held-out validation rows
     valid_fraction: float = 0.1  # share of the training images held out when there is no valid split
+    # Validate during training on a seeded subset of N images (0: all). Each
+    # validation also computes the MI, whose cost grows as N^2 * latent_dim.
+    valid_limit: int = 0
 
     def __post_init__(self) -> None:
         _choice("data.binarize", self.binarize, BINARIZE_MODES)
         _check(0.0 < self.valid_fraction < 1.0, "data.valid_fraction must be in (0, 1)")
+        _check(self.valid_limit >= 0, "data.valid_limit must be >= 0")
 
 
 @dataclass

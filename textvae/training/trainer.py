@@ -104,6 +104,8 @@ class Trainer:
         # finished now depends on the limits it resumes with (a raised
         # train.max_steps continues it).
         self.state["finished"] = self._limits_reached()
+        if not self.state["finished"]:
+            self.state["stop_reason"] = None
         self._set_lr(self.state["lr"])
         metrics = self.run_dir / "metrics.jsonl"
         if metrics.exists() and self.is_main:  # drop records written after the checkpoint
