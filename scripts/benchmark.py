@@ -36,11 +36,14 @@ from textvae.training.trainer import autocast_context
 
 
 class PlainLSTMVAE(nn.Module):
-    """The usual way of writing the PTB LSTM VAE: fp32, full logits, padding included."""
+    """The usual way of writing the PTB LSTM VAE: fp32, full logits, padding
+    included; the same layers and dropout as the ``ptb-lstm`` preset."""
 
-    def __init__(self, vocab: int, pad: int, embed: int = 256, hidden: int = 256, latent: int = 32) -> None:
+    def __init__(self, vocab: int, pad: int, embed: int = 256, hidden: int = 256, latent: int = 32,
+                 dropout: float = 0.5) -> None:
         super().__init__()
         self.pad = pad
+        self.dropout = nn.Dropout(dropout)
         self.enc_embed = nn.Embedding(vocab, embed, padding_idx=pad)
         self.encoder = nn.LSTM(embed, hidden, batch_first=True)
         self.to_latent = nn.Linear(hidden, 2 * latent)
@@ -50,16 +53,16 @@ class PlainLSTMVAE(nn.Module):
         self.out = nn.Linear(hidden, vocab)
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        packed = nn.utils.rnn.pack_padded_sequence(self.enc_embed(tokens), lengths, batch_first=True,
+        packed = nn.utils.rnn.pack_padded_sequence(self.dropout(self.enc_embed(tokens)), lengths, batch_first=True,
                                                    enforce_sorted=False)
         _, (h, _) = self.encoder(packed)
         mean, logvar = self.to_latent(h[-1]).chunk(2, -1)
         z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
-        emb = torch.cat([self.dec_embed(inputs), z.unsqueeze(1).expand(-1, inputs.shape[1], -1)], -1)
+        emb = torch.cat([self.dropout(self.dec_embed(inputs)), z.unsqueeze(1).expand(-1, inputs.shape[1], -1)], -1)
         c0 = self.init(z).unsqueeze(0)
         out, _ = self.decoder(emb, (torch.tanh(c0), c0))
-        logits = self.out(out)  # (B, T, V): every position, padding included
+        logits = self.out(self.dropout(out))  # (B, T, V): every position, padding included
         rec = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=self.pad, reduction="sum") / len(tokens)
         kl = 0.5 * (mean.pow(2) + logvar.exp() - logvar - 1).sum(-1).mean()
         return rec + kl
@@ -69,14 +72,24 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def time_training(step, batches, warmup: int) -> tuple[float, int]:
-    tokens, start = 0, None
-    for i, (batch, count) in enumerate(batches):
-        if i == warmup:
-            start, tokens = time.perf_counter(), 0
-        step(batch)
-        tokens += count
-    return tokens / (time.perf_counter() - start), tokens
+def time_interleaved(runners: dict, batches: dict, warmup: int, rounds: int) -> dict:
+    """Tokens/s of each runner, timed in alternating rounds so that both see
+    the same machine load (what a side-by-side ratio needs on a shared machine)."""
+    for name, step in runners.items():
+        for batch, _ in batches[name][:warmup]:
+            step(batch)
+    spent = {name: 0.0 for name in runners}
+    tokens = {name: 0 for name in runners}
+    per_round = (len(next(iter(batches.values()))) - warmup) // rounds
+    for r in range(rounds):
+        for name, step in runners.items():
+            chunk = batches[name][warmup + r * per_round: warmup + (r + 1) * per_round]
+            start = time.perf_counter()
+            for batch, count in chunk:
+                step(batch)
+                tokens[name] += count
+            spent[name] += time.perf_counter() - start
+    return {name: tokens[name] / spent[name] for name in runners}
 
 
 def bench_case(name: str, overrides: list[str], splits, tokenizer, args) -> None:
@@ -102,9 +115,7 @@ def bench_case(name: str, overrides: list[str], splits, tokenizer, args) -> None
         optimizer.step()
 
     model.train()
-    ours_tps, _ = time_training(step, ours, args.warmup)
-    result = {"case": name, "train_tokens_per_s": round(ours_tps)}
-
+    runners, batches = {"textvae": step}, {"textvae": ours}
     if name == "lstm":  # the plain baseline exists for the PTB-protocol LSTM
         torch.manual_seed(0)
         plain = PlainLSTMVAE(tokenizer.vocab_size, tokenizer.pad_id)
@@ -123,8 +134,12 @@ def bench_case(name: str, overrides: list[str], splits, tokenizer, args) -> None
             loss.backward()
             plain_opt.step()
 
-        plain_tps, _ = time_training(plain_step, plain_batches, args.warmup)
-        result.update(baseline_train_tokens_per_s=round(plain_tps), train_speedup=round(ours_tps / plain_tps, 2))
+        runners["baseline"], batches["baseline"] = plain_step, plain_batches
+    speed = time_interleaved(runners, batches, args.warmup, args.rounds)
+    result = {"case": name, "train_tokens_per_s": round(speed["textvae"])}
+    if "baseline" in speed:
+        result.update(baseline_train_tokens_per_s=round(speed["baseline"]),
+                      train_speedup=round(speed["textvae"] / speed["baseline"], 2))
 
     # IW-NLL evaluation, sentences/s (bf16 vs fp32 of the same code).
     model.eval()
@@ -160,6 +175,7 @@ def main() -> None:
     parser.add_argument("--data", default=os.environ.get("TEXTVAE_DATA", "../shared/data") + "/ptb")
     parser.add_argument("--steps", type=int, default=60, help="timed training steps per case")
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5, help="alternating timing rounds")
     parser.add_argument("--eval-batches", type=int, default=3)
     parser.add_argument("--iw-samples", type=int, default=100)
     parser.add_argument("--cases", default="lstm,transformer")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 LOG_2PI = math.log(2.0 * math.pi)
@@ -82,7 +83,14 @@ class GaussianHead(nn.Module):
     def forward(self, features: Tensor) -> DiagonalGaussian:
         mean, raw_logvar = self.proj(features).float().chunk(2, dim=-1)  # (B, D) each
         if self.bn_gamma > 0:
-            mean = self.bn_gamma * self.mean_norm(mean) + self.mean_shift
+            norm = self.mean_norm
+            if self.training and mean.shape[0] == 1:
+                # One example has no batch statistics (BatchNorm raises): a
+                # training batch of one, as when N = 1 mod batch_size, uses the running ones.
+                normed = F.batch_norm(mean, norm.running_mean, norm.running_var, training=False, eps=norm.eps)
+            else:
+                normed = norm(mean)
+            mean = self.bn_gamma * normed + self.mean_shift
         if self.delta > 0:
             low, high = self.var_bounds
             logvar = torch.log(low + (high - low) * torch.sigmoid(raw_logvar))

@@ -94,7 +94,8 @@ def _common(p: argparse.ArgumentParser, data: bool = True, png: bool = True) -> 
     p.add_argument("run", metavar="RUN", help="run directory of a trained MNIST model")
     if data:
         p.add_argument("--data", help="folder with the splits or one image file (default: the run's data)")
-        p.add_argument("--split", default="test", help="train, valid or test (default test)")
+        p.add_argument("--split", default="test", choices=("train", "valid", "test"),
+                       help="the split of a data folder (default test); a data file is used whole")
     if png:
         p.add_argument("--out", metavar="FILE", help="PNG path (default: a file in RUN)")
     p.add_argument("--seed", type=int, default=0, help="picks the images and the random draws")

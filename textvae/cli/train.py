@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import shutil
@@ -61,10 +62,9 @@ def _new_run(args: argparse.Namespace, cuda_device) -> Trainer:
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TextVAEError(f"{out} already exists; continue it with --resume {out} or choose another --out")
+    distributed.barrier()  # every rank has looked at --out before rank 0 creates it
     overrides = list(args.overrides) + ([f"tokenizer.spec={args.tokenizer}"] if args.tokenizer else [])
     config = build_config(args.config, overrides, base={"data": {"path": args.data}})
-    if cuda_device is not None:
-        config.train.device = str(cuda_device)
     torch.manual_seed(config.train.seed)
     texts = read_texts(args.data, ["train", "valid"], config.data.text_column)
     if "valid" not in texts:
@@ -83,7 +83,7 @@ def _new_run(args: argparse.Namespace, cuda_device) -> Trainer:
     model = TextVAE(config, tokenizer)
     log.info(f"model: {sum(p.numel() for p in model.parameters()):,} parameters; vocabulary {tokenizer.vocab_size:,}")
     try:
-        return _trainer(model, config, tokenizer, args.data, out, texts)
+        return _trainer(model, config, tokenizer, args.data, out, texts, cuda_device)
     except BaseException:
         if distributed.rank() == 0 and not (out / "checkpoint").exists():
             shutil.rmtree(out, ignore_errors=True)  # a run that never started leaves nothing behind
@@ -100,25 +100,27 @@ def _resume(args: argparse.Namespace, cuda_device) -> Trainer:
         raise TextVAEError("with --resume only train.* fields may be overridden (e.g. train.max_steps, train.epochs)")
     raw = json.loads((run_dir / CONFIG_FILE).read_text())
     config = Config.from_dict(apply_overrides(raw, args.overrides))
-    if cuda_device is not None:
-        config.train.device = str(cuda_device)
     data = args.data or config.data.path
     tokenizer = Tokenizer.load(run_dir / TOKENIZER_DIR)
     model = TextVAE(config, tokenizer, saved_dir=run_dir)  # the checkpoint supplies every weight
-    trainer = _trainer(model, config, tokenizer, data, run_dir, None)
+    trainer = _trainer(model, config, tokenizer, data, run_dir, None, cuda_device)
     trainer.resume()
+    distributed.barrier()  # every rank has read config.json before rank 0 rewrites it
     if distributed.rank() == 0:
         config.save(run_dir / CONFIG_FILE)  # the new limits are part of the run's record
     return trainer
 
 
-def _trainer(model: TextVAE, config: Config, tokenizer: Tokenizer, data: str, run_dir: Path, texts) -> Trainer:
+def _trainer(model: TextVAE, config: Config, tokenizer: Tokenizer, data: str, run_dir: Path, texts,
+             cuda_device=None) -> Trainer:
     if texts is None:
         texts = read_texts(data, ["train", "valid"], config.data.text_column)
         if "valid" not in texts:
             texts["train"], texts["valid"] = split_off_validation(texts["train"])
     splits = load_splits(data, tokenizer, ["train", "valid"], config.data.max_length, texts=texts)
-    train_cfg = config.train
+    # Under torchrun on GPUs each rank trains on its own device; the saved
+    # config keeps the device it was given ("auto"), so the run resumes anywhere.
+    train_cfg = config.train if cuda_device is None else dataclasses.replace(config.train, device=str(cuda_device))
     train = TextBatches(splits["train"], tokenizer, train_cfg.batch_size, train_cfg.seed, True,
                         config.data.bucket_batches, distributed.rank(), distributed.world_size())
     valid = TextBatches(splits["valid"], tokenizer, train_cfg.eval_batch_size, shuffle=False)

@@ -48,17 +48,19 @@ class ImageModelConfig:
     kernel_size: int = 5  # odd, so "same" padding keeps the size
     hidden_dim: int = 512  # fully connected layer between the 7x7 feature maps and the latent
     activation: str = "relu"
+    upsampling: str = "nearest"  # decoder: "nearest" upsampling + transposed conv, or a "stride" 2 transposed conv
     logvar_min: float = -10.0
     logvar_max: float = 10.0
     bn_vae_gamma: float = 0.0  # Zhu et al. 2020; 0 disables
 
     def __post_init__(self) -> None:
-        from .model import ACTIVATIONS
+        from .model import ACTIVATIONS, UPSAMPLING
 
         for name in ("latent_dim", "channels", "hidden_dim", "kernel_size"):
             _check(getattr(self, name) >= 1, f"model.{name} must be >= 1")
         _check(self.kernel_size % 2 == 1, "model.kernel_size must be odd")
         _choice("model.activation", self.activation, ACTIVATIONS)
+        _choice("model.upsampling", self.upsampling, UPSAMPLING)
         _check(self.logvar_min < self.logvar_max, "model.logvar_min must be < model.logvar_max")
         _check(self.bn_vae_gamma >= 0.0, "model.bn_vae_gamma must be >= 0")
 

@@ -4,7 +4,7 @@ trainer and importance-weighted NLL.
     encoder  x (B, 1, 28, 28) -> [conv, act, max-pool] x 2 -> (B, 2C, 7, 7)
              -> fully connected (B, H) -> GaussianHead -> q(z|x), (B, D)
     decoder  z (B, D) -> fully connected (B, H) -> (B, 2C, 7, 7)
-             -> [upsample x2, transposed conv] x 2 -> Bernoulli logits (B, 1, 28, 28)
+             -> [2x upsampling by transposed conv] x 2 -> Bernoulli logits (B, 1, 28, 28)
 
 p(x|z) is a product of independent Bernoulli pixels; log p(x|z) is summed
 over the 784 pixels, in nats per image. The model implements the interface
@@ -59,19 +59,36 @@ class ConvEncoder(nn.Module):
         return self.features(images)  # (B, 1, 28, 28) -> (B, H)
 
 
+def nearest_upsampling(in_channels: int, out_channels: int, kernel_size: int) -> nn.Module:
+    """Nearest-neighbour 2x upsampling, then a size-keeping transposed conv."""
+    return nn.Sequential(nn.Upsample(scale_factor=2),
+                         nn.ConvTranspose2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2))
+
+
+def strided_upsampling(in_channels: int, out_channels: int, kernel_size: int) -> nn.Module:
+    """One transposed conv of stride 2 (kernel 4: every output pixel sees 2x2
+    input pixels). The same doubling learned in one step; on CPU it runs
+    several times faster than upsampling then convolving 4x as many pixels.
+    ``kernel_size`` is not used."""
+    return nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=1)
+
+
+UPSAMPLING = {"nearest": nearest_upsampling, "stride": strided_upsampling}
+
+
 class ConvDecoder(nn.Module):
-    def __init__(self, latent_dim: int, channels: int, kernel_size: int, hidden_dim: int, activation: type) -> None:
+    def __init__(self, latent_dim: int, channels: int, kernel_size: int, hidden_dim: int, activation: type,
+                 upsampling: str = "nearest") -> None:
         super().__init__()
-        pad = kernel_size // 2
         self.channels = channels
+        upsample = UPSAMPLING[upsampling]
         self.project = nn.Sequential(
             nn.Linear(latent_dim, hidden_dim), activation(),
             nn.Linear(hidden_dim, 2 * channels * COARSE * COARSE), activation(),
         )
         self.upsample = nn.Sequential(
-            nn.Upsample(scale_factor=2), nn.ConvTranspose2d(2 * channels, channels, kernel_size, padding=pad),
-            activation(),  # (B, C, 14, 14)
-            nn.Upsample(scale_factor=2), nn.ConvTranspose2d(channels, 1, kernel_size, padding=pad),  # (B, 1, 28, 28)
+            upsample(2 * channels, channels, kernel_size), activation(),  # (B, C, 14, 14)
+            upsample(channels, 1, kernel_size),  # (B, 1, 28, 28)
         )
 
     def forward(self, z: Tensor) -> Tensor:
@@ -89,7 +106,7 @@ class ConvVAE(nn.Module):
         self.latent_dim = m.latent_dim
         self.encoder = ConvEncoder(m.channels, m.kernel_size, m.hidden_dim, activation)
         self.posterior_head = GaussianHead(m.hidden_dim, m.latent_dim, m.logvar_min, m.logvar_max, m.bn_vae_gamma)
-        self.decoder = ConvDecoder(m.latent_dim, m.channels, m.kernel_size, m.hidden_dim, activation)
+        self.decoder = ConvDecoder(m.latent_dim, m.channels, m.kernel_size, m.hidden_dim, activation, m.upsampling)
 
     # ----------------------------------------------------------------- core
     def posterior(self, batch: ImageBatch) -> DiagonalGaussian:

@@ -28,13 +28,19 @@ class LSTMEncoder(nn.Module):
     def forward(self, tokens: Tensor, lengths: Tensor) -> Tensor:
         """tokens (B, T) framed with bos/eos, lengths (B,) -> features (B, F)."""
         embedded = self.dropout(self.embedding(tokens))  # (B, T, E)
-        # Packing makes the final state that of each sentence's real end, so
-        # padding never reaches the features.
+        if not self.lstm.bidirectional:
+            # A forward LSTM is causal: its output at each sentence's last real
+            # token is its final state there, whatever padding follows, so no
+            # packing is needed (packing costs more than it saves once batches
+            # are bucketed by length).
+            outputs, _ = self.lstm(embedded)  # (B, T, H)
+            last = (lengths - 1).view(-1, 1, 1).expand(-1, 1, outputs.shape[-1])
+            return outputs.gather(1, last).squeeze(1)  # (B, H)
+        # The backward direction starts at the end: pack so it starts at each
+        # sentence's real end and padding never reaches the features.
         packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        _, (hidden, _) = self.lstm(packed)  # hidden: (layers * directions, B, H)
-        if self.lstm.bidirectional:
-            return torch.cat([hidden[-2], hidden[-1]], dim=-1)  # (B, 2H)
-        return hidden[-1]  # (B, H)
+        _, (hidden, _) = self.lstm(packed)  # hidden: (layers * 2, B, H)
+        return torch.cat([hidden[-2], hidden[-1]], dim=-1)  # (B, 2H)
 
 
 class LSTMDecoder(nn.Module):

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import math
 
-from ..objectives import elbo_loss
-
 CHECK_EVERY = 15  # inner steps between two looks at the encoder's loss, as in the paper's code
 STREAM_EPOCH = 1_000_000  # inner batches come from a second, independent shuffle of the data
 
@@ -36,7 +34,7 @@ class AggressiveSteps:
             return trainer.train_step(batch, beta)
         inner = self.update_encoder(beta)
         state["inner_steps"] += inner
-        logs = self._update(batch, beta, self.decoder_params, self.encoder_params)
+        logs = trainer.train_step(batch, beta, frozen=self.encoder_params)
         logs["inner_steps"] = inner
         return logs
 
@@ -44,7 +42,7 @@ class AggressiveSteps:
         """Encoder-only steps until the loss stops falling; returns their number."""
         previous, running, count, steps = math.inf, 0.0, 0, 0
         while steps < self.trainer.config.aggressive_max_inner:
-            logs = self._update(self._next_batch(), beta, self.encoder_params, self.decoder_params)
+            logs = self.trainer.train_step(self._next_batch(), beta, frozen=self.decoder_params)
             steps += 1
             running += logs["loss"]
             count += 1
@@ -54,19 +52,6 @@ class AggressiveSteps:
                     break
                 previous, running, count = current, 0.0, 0
         return steps
-
-    def _update(self, batch, beta: float, train_params, frozen_params) -> dict[str, float]:
-        trainer = self.trainer
-        trainer.network.train()
-        with trainer.autocast():
-            out = trainer.network(batch)
-            loss = elbo_loss(out, beta, trainer.objective)
-        trainer.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        for param in frozen_params:  # optimisers skip parameters without a gradient
-            param.grad = None
-        trainer.clip_and_step(trainer.optimizer, train_params)
-        return {"loss": float(loss.detach()), "rec": float(out.rec.detach().mean()), "kl": float(out.kl.detach().mean())}
 
     def _next_batch(self):
         """The next batch of the inner stream; its position is in the trainer

@@ -5,12 +5,19 @@ that ``init_from_env`` reads; gloo is used on CPU and NCCL on CUDA. Each rank
 trains on every N-th batch (data.BucketBatchSampler), gradients are averaged
 by DistributedDataParallel, rank 0 alone writes files, and every rank runs
 the same validation on the whole validation split, so their figures agree
-without a reduction.
+without a reduction (buffers such as BN-VAE's running statistics, which each
+rank updates from its own batches, are first copied from rank 0).
+
+Several nodes need the run folder on a filesystem that every node sees: the
+other ranks read the tokenizer that rank 0 writes, and all ranks read the
+checkpoint on ``--resume``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+from typing import Iterable
 
 import torch
 import torch.distributed as dist
@@ -31,16 +38,20 @@ def world_size() -> int:
 
 def init_from_env() -> torch.device | None:
     """Join the process group that torchrun describes; returns this rank's
-    CUDA device when there is one (None on CPU or outside torchrun)."""
+    CUDA device when there is one (None on CPU or outside torchrun). Ranks
+    other than 0 log only warnings and errors."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():
         return None
+    device = None
     if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        dist.init_process_group("nccl")
-        return torch.device("cuda", local)
-    dist.init_process_group("gloo")
-    return None
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        dist.init_process_group("gloo")
+    if rank() != 0:
+        logging.getLogger("textvae").setLevel(logging.WARNING)
+    return device
 
 
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:
@@ -56,16 +67,44 @@ def barrier() -> None:
         dist.barrier()
 
 
+def _device() -> torch.device:
+    """Where collective tensors live: NCCL reduces CUDA tensors only."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
     """Average scalar training figures over the ranks (for logging)."""
     if not is_distributed():
         return values
     keys = sorted(values)
-    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=_device())
     dist.all_reduce(tensor)
-    return {k: float(v) / world_size() for k, v in zip(keys, tensor)}
+    return {k: float(v) / world_size() for k, v in zip(keys, tensor.tolist())}
+
+
+def max_over_ranks(value: int) -> int:
+    """The largest of the ranks' integers, on every rank (e.g. whether any
+    rank has received a stop signal, so that all ranks stop at the same step)."""
+    if not is_distributed():
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64, device=_device())
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
+def broadcast_from_main(tensors: Iterable[torch.Tensor]) -> None:
+    """Overwrite the tensors (a model's parameters or buffers) with rank 0's,
+    in place. Every rank must pass the same tensors in the same order."""
+    if not is_distributed():
+        return
+    with torch.no_grad():
+        for tensor in tensors:
+            dist.broadcast(tensor.data, src=0)
 
 
 def shutdown() -> None:
     if is_distributed():
         dist.destroy_process_group()
+

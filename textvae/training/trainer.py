@@ -35,8 +35,14 @@ log = logging.getLogger("textvae")
 
 COLLAPSE_KL = 0.1  # nats per example
 COLLAPSE_PATIENCE = 2  # evaluations in a row
-REMEDIES = ("objective.kl_schedule=linear or cyclical, model.word_dropout=0.3, objective.free_bits=0.5, "
-            "model.bn_vae_gamma=0.6, train.aggressive=true, train.ae_pretrain_epochs=N")
+REMEDIES = [  # (setting, is it already on?) for the collapse warning
+    ("objective.kl_schedule=linear or cyclical", lambda t, o, m: o.kl_schedule != "constant"),
+    ("model.word_dropout=0.3", lambda t, o, m: getattr(m, "word_dropout", 0) > 0),
+    ("objective.free_bits=0.5", lambda t, o, m: o.free_bits > 0),
+    ("model.bn_vae_gamma=0.6", lambda t, o, m: getattr(m, "bn_vae_gamma", 0) > 0),
+    ("train.aggressive=true", lambda t, o, m: t.aggressive),
+    ("train.ae_pretrain_epochs=N", lambda t, o, m: t.ae_pretrain_epochs > 0),
+]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -85,6 +91,10 @@ class Trainer:
             "saved_best": math.inf, "collapse_streak": 0, "collapse_warned": False, "finished": False,
             "stop_reason": None, "aggressive": train_config.aggressive, "aggressive_best_mi": -math.inf,
         }
+        # A signal handler records what this process received; the loop stops on
+        # the signal that any rank received, agreed at each step (torchrun
+        # forwards a signal to every worker, but not at the same step).
+        self._signal_received: Optional[int] = None
         self._stop_signal: Optional[int] = None
         self.step_fn, self.aggressive = self.train_step, None
         if train_config.aggressive:
@@ -123,8 +133,7 @@ class Trainer:
     # -------------------------------------------------------------- loop
     def fit(self) -> dict[str, Any]:
         config, state = self.config, self.state
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)} \
-            if self.is_main else {}
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             while not state["finished"] and state["epoch"] < config.epochs:
                 self._run_epoch()
@@ -159,6 +168,7 @@ class Trainer:
                 self.validate()
             if config.max_steps and state["step"] >= config.max_steps:
                 self._stop("max_steps")
+            self._stop_signal = distributed.max_over_ranks(self._signal_received or 0) or None
             if state["step"] % config.checkpoint_every == 0 or state["finished"] or self._stop_signal:
                 self.checkpoint()
             if state["finished"] or self._stop_signal:
@@ -180,24 +190,29 @@ class Trainer:
             return 0.0  # Li et al. 2019: autoencoder pretraining ignores the KL term
         return kl_weight(self.objective, self.state["step"] - self.state["phase_start"], self.total_steps)
 
-    def train_step(self, batch, beta: float) -> dict[str, float]:
-        """One optimiser step on the (floored, weighted) negative ELBO."""
+    def train_step(self, batch, beta: float, frozen: tuple = ()) -> dict[str, float]:
+        """One optimiser step on the (floored, weighted) negative ELBO. The
+        ``frozen`` parameters get no gradient, so the optimiser leaves them
+        as they are (aggressive training updates encoder and decoder apart)."""
         self.network.train()
         with self.autocast():
             out = self.network(batch)
             loss = elbo_loss(out, beta, self.objective)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.clip_and_step(self.optimizer, self.model.parameters())
-        return {"loss": float(loss.detach()), "rec": float(out.rec.detach().mean()), "kl": float(out.kl.detach().mean())}
-
-    def clip_and_step(self, optimizer: torch.optim.Optimizer, parameters) -> None:
+        for param in frozen:
+            param.grad = None
         if self.config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(list(parameters), self.config.grad_clip)
-        optimizer.step()
+            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.grad is not None],
+                                           self.config.grad_clip)
+        self.optimizer.step()
+        return {"loss": float(loss.detach()), "rec": float(out.rec.detach().mean()), "kl": float(out.kl.detach().mean())}
 
     # -------------------------------------------------------- validation
     def evaluate(self) -> dict[str, Any]:
+        # Buffers (BN-VAE's running statistics) follow each rank's own batches:
+        # every rank evaluates rank 0's, the ones that are saved.
+        distributed.broadcast_from_main(self.model.buffers())
         return evaluate_elbo(self.model, self.valid_data.iterate(0), self.device, self.autocast)
 
     def validate(self) -> dict[str, Any]:
@@ -245,8 +260,11 @@ class Trainer:
         if state["collapse_streak"] >= COLLAPSE_PATIENCE and not state["collapse_warned"]:
             state["collapse_warned"] = True
             if self.is_main:
+                model_config = getattr(getattr(self.model, "config", None), "model", None)
+                untried = [name for name, active in REMEDIES if not active(self.config, self.objective, model_config)]
                 print(f"textvae: warning: posterior collapse at step {state['step']}: KL {result['kl']:.3f} nats "
-                      f"per example, {result['au']} active units; remedies: {REMEDIES}", file=sys.stderr)
+                      f"per example, {result['au']} active units; try {', '.join(untried) or 'a stronger remedy'}",
+                      file=sys.stderr)
 
     def _save_if_best(self, loss: float) -> None:
         if loss < self.state["saved_best"]:
@@ -275,6 +293,7 @@ class Trainer:
         if self.config.ae_pretrain_epochs and state["epoch"] == self.config.ae_pretrain_epochs and state["batch"] == 0 \
                 and state["phase_start"] == 0:
             self.model.reset_decoder()
+            distributed.broadcast_from_main(self.model.parameters())  # the ranks' random streams differ
             self.optimizer = build_optimizer(self.model, self.config)
             state["phase_start"], state["lr"] = state["step"], self.config.lr
             state["plateau_best"], state["saved_best"] = math.inf, math.inf
@@ -309,9 +328,9 @@ class Trainer:
                     desc=f"epoch {epoch + 1}/{self.config.epochs}", disable=disable, dynamic_ncols=True, leave=False)
 
     def _on_signal(self, signum: int, frame) -> None:
-        if self._stop_signal is not None:  # second signal: give up at once
+        if self._signal_received is not None:  # second signal: give up at once
             raise KeyboardInterrupt
-        self._stop_signal = signum
+        self._signal_received = signum
 
     def _report_stop(self) -> None:
         if self._stop_signal and self.is_main:
