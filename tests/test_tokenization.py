@@ -56,6 +56,15 @@ def test_word_level_vocab_size_keeps_the_most_frequent_words():
 def test_ptb_unk_in_training_text_is_the_unk_id():
     tok = trained("word", texts=["the <unk> sat on the mat", "a <unk> of N dollars"])
     assert tok.encode("the <unk> sat") == [tok.encode("the")[0], tok.unk_id, tok.encode("sat")[0]]
+
+
+def test_every_id_fits_the_embedding_when_a_special_token_is_frequent():
+    # "<unk>" more frequent than the other words makes the word-level trainer
+    # give it a second id, leaving a hole: vocab_size must still cover every id.
+    texts = ["<unk> <unk> <unk> the cat", "<unk> <unk> sat on <unk> mat", "a dog"]
+    tok = trained("word", texts=texts)
+    ids = [i for text in texts for i in tok.encode(text)] + [tok.pad_id, tok.bos_id, tok.eos_id, tok.unk_id]
+    assert max(ids) < tok.vocab_size
     assert tok.vocab_size == len({"the", "sat", "on", "mat", "a", "of", "N", "dollars"}) + 4
 
 

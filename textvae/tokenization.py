@@ -43,7 +43,10 @@ class Tokenizer:
 
     @property
     def vocab_size(self) -> int:
-        return self.backend.get_vocab_size(with_added_tokens=True)
+        """One more than the largest id (the count can be smaller: a word-level
+        trainer that meets a special token such as PTB's <unk> in the text
+        gives it a second id and leaves the first unused)."""
+        return max(self.backend.get_vocab(with_added_tokens=True).values()) + 1
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Token ids of each text, without bos/eos."""
