@@ -121,6 +121,8 @@ def read_texts(data: str, splits: Sequence[str], text_column: str = "text") -> d
 
 
 def _load_text_files(files: dict[str, Path]) -> dict[str, list[str]]:
+    if not files:  # none of the requested splits is in the folder; datasets would raise
+        return {}
     import datasets
 
     datasets.logging.set_verbosity_error()
