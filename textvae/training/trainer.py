@@ -156,6 +156,7 @@ class Trainer:
         progress = self._progress(epoch)
         for batch in self.train_data.iterate(epoch, state["batch"]):
             beta = self.current_kl_weight()
+            distributed.seed_step(config.seed, state["step"])
             logs = self.step_fn(batch.to(self.device), beta)
             state["step"] += 1
             state["batch"] += 1
@@ -219,7 +220,7 @@ class Trainer:
         """Validation ELBO, MI and AU; plateau decay, early stopping, collapse
         monitor; keeps the best weights in ``model.safetensors``."""
         state, config = self.state, self.config
-        result = self.evaluate()
+        result = distributed.from_main(self.evaluate())  # the ranks decide alike
         loss = -result["elbo"]
         self._log({"split": "valid", **result})
         self._save_if_best(loss)
@@ -274,6 +275,7 @@ class Trainer:
 
     # ---------------------------------------------------------- plumbing
     def checkpoint(self) -> None:
+        distributed.broadcast_from_main(self.model.buffers())  # every rank goes on from the state saved
         if self.is_main:
             save_checkpoint(self.run_dir, self.model, self.optimizer, self.state)
         distributed.barrier()
