@@ -162,6 +162,26 @@ def test_outputs_hold_no_eos_and_respect_max_length(tiny_model, strategy):
         assert tok.eos_id not in ids
 
 
+@pytest.mark.parametrize("strategy", ["greedy", "sample", "beam"])
+def test_forbidden_ids_are_never_generated(tiny_model, strategy):
+    tok = tiny_model.tokenizer
+    z = torch.randn(8, 4, generator=torch.Generator().manual_seed(3))
+    # Make padding and bos the most likely tokens everywhere: only the ban keeps them out.
+    with torch.no_grad():
+        bias = tiny_model.decoder.output.bias
+        saved = bias.clone()
+        bias[[tok.pad_id, tok.bos_id]] += 100.0
+        config = GenerationConfig(strategy, max_length=6, temperature=2.0)
+        banned = generate(tiny_model.decoder, z, 8, tok.bos_id, tok.eos_id, config,
+                          generator=torch.Generator().manual_seed(0), forbidden=tok.never_generated)
+        free = generate(tiny_model.decoder, z, 8, tok.bos_id, tok.eos_id, config,
+                        generator=torch.Generator().manual_seed(0))
+        bias.copy_(saved)
+    assert tok.never_generated == (tok.pad_id, tok.bos_id)
+    assert all(i not in tok.never_generated for ids in banned for i in ids)
+    assert any(i in tok.never_generated for ids in free for i in ids)
+
+
 def test_eos_ends_generation_early(tiny_model):
     tok = tiny_model.tokenizer
     with torch.no_grad():

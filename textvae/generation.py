@@ -61,6 +61,14 @@ def choose(logits: Tensor, config: GenerationConfig, generator: Optional[torch.G
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
 
 
+def _next_logits(decoder: nn.Module, hidden: Tensor, forbidden: tuple[int, ...]) -> Tensor:
+    """fp32 logits (B, V) for the last position, with forbidden ids at -inf."""
+    logits = decoder.output(hidden[:, -1]).float()
+    if forbidden:
+        logits[:, list(forbidden)] = float("-inf")
+    return logits
+
+
 def _prefix_tensor(prefixes: list[list[int]], device: torch.device) -> tuple[Tensor, Tensor]:
     """Padded prefixes (B, L) and their lengths (B,)."""
     width = max(1, max(len(p) for p in prefixes))
@@ -73,21 +81,22 @@ def _prefix_tensor(prefixes: list[list[int]], device: torch.device) -> tuple[Ten
 @torch.no_grad()
 def generate(decoder: nn.Module, z: Optional[Tensor], batch_size: int, bos_id: int, eos_id: int,
              config: GenerationConfig, prefixes: Optional[list[list[int]]] = None,
-             generator: Optional[torch.Generator] = None) -> list[list[int]]:
+             generator: Optional[torch.Generator] = None, forbidden: tuple[int, ...] = ()) -> list[list[int]]:
     """Token ids of each row's sentence (prefix included; no bos, no eos).
 
-    z: (B, D) or None for a language model.
+    z: (B, D) or None for a language model. ``forbidden`` ids (padding, a bos
+    distinct from eos) are never chosen.
     """
     prefixes = prefixes or [[] for _ in range(batch_size)]
     if config.strategy == "beam":
-        return beam_search(decoder, z, batch_size, bos_id, eos_id, config, prefixes)
+        return beam_search(decoder, z, batch_size, bos_id, eos_id, config, prefixes, forbidden)
     device = decoder.output.weight.device
     table, prefix_len = _prefix_tensor(prefixes, device)
     common = min(len(p) for p in prefixes)
     state = decoder.initial_state(z, batch_size)
     start = torch.cat([torch.full((batch_size, 1), bos_id, device=device), table[:, :common]], dim=1)
     hidden, state = decoder(start, state)  # the shared prefix in one call
-    logits = decoder.output(hidden[:, -1]).float()  # (B, V)
+    logits = _next_logits(decoder, hidden, forbidden)  # (B, V)
     steps = [table[:, i] for i in range(common)]
     finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
     for position in range(common, config.max_length):
@@ -101,7 +110,7 @@ def generate(decoder: nn.Module, z: Optional[Tensor], batch_size: int, bos_id: i
         if bool(finished.all()):
             break
         hidden, state = decoder(token.unsqueeze(1), state)
-        logits = decoder.output(hidden[:, -1]).float()
+        logits = _next_logits(decoder, hidden, forbidden)
     out = torch.stack(steps, 1).tolist() if steps else [[] for _ in range(batch_size)]
     return [_until_eos(row, eos_id, len(prefixes[i])) for i, row in enumerate(out)]
 
@@ -116,7 +125,7 @@ def _until_eos(tokens: list[int], eos_id: int, keep: int) -> list[int]:
 
 @torch.no_grad()
 def beam_search(decoder: nn.Module, z: Optional[Tensor], batch_size: int, bos_id: int, eos_id: int,
-                config: GenerationConfig, prefixes: list[list[int]]) -> list[list[int]]:
+                config: GenerationConfig, prefixes: list[list[int]], forbidden: tuple[int, ...] = ()) -> list[list[int]]:
     """Beam search of width W over B rows at once (B * W decoder rows).
 
     A hypothesis ends when it emits eos among the W best candidates; its score
@@ -128,7 +137,7 @@ def beam_search(decoder: nn.Module, z: Optional[Tensor], batch_size: int, bos_id
     rows = torch.arange(batch_size, device=device).repeat_interleave(width)  # (B*W,)
     state = decoder.initial_state(None if z is None else z[rows], batch_size * width)
     hidden, state = decoder(torch.full((batch_size * width, 1), bos_id, device=device), state)
-    logits = decoder.output(hidden[:, -1]).float()
+    logits = _next_logits(decoder, hidden, forbidden)
     scores = torch.full((batch_size, width), float("-inf"), device=device)
     scores[:, 0] = 0.0  # one live beam at the start, so beams do not duplicate
     history = torch.zeros(batch_size, width, 0, dtype=torch.long, device=device)
@@ -179,5 +188,5 @@ def beam_search(decoder: nn.Module, z: Optional[Tensor], batch_size: int, bos_id
         flat_beams = (torch.arange(batch_size, device=device).unsqueeze(1) * width + next_beam).view(-1)
         state = decoder.select_state(state, flat_beams)
         hidden, state = decoder(next_token.view(-1, 1), state)
-        logits = decoder.output(hidden[:, -1]).float()
+        logits = _next_logits(decoder, hidden, forbidden)
     return [max(hyps, key=lambda h: h[0])[1] if hyps else [] for hyps in ended]

@@ -27,7 +27,7 @@ def _settings(model, strategy: str, max_length: Optional[int], **options) -> Gen
 def _decode(model, z: Optional[Tensor], n: int, settings: GenerationConfig, generator=None,
             prefixes: Optional[list[list[int]]] = None) -> list[list[int]]:
     tok = model.tokenizer
-    return generate(model.decoder, z, n, tok.bos_id, tok.eos_id, settings, prefixes, generator)
+    return generate(model.decoder, z, n, tok.bos_id, tok.eos_id, settings, prefixes, generator, tok.never_generated)
 
 
 @torch.no_grad()

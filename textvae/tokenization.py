@@ -42,6 +42,11 @@ class Tokenizer:
         self.frame_ids = {self.pad_id, self.bos_id, self.eos_id}
 
     @property
+    def never_generated(self) -> tuple[int, ...]:
+        """Ids a decoder must never output: padding, and bos where it is not eos."""
+        return (self.pad_id,) if self.bos_id == self.eos_id else (self.pad_id, self.bos_id)
+
+    @property
     def vocab_size(self) -> int:
         """One more than the largest id (the count can be smaller: a word-level
         trainer that meets a special token such as PTB's <unk> in the text

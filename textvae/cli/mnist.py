@@ -65,7 +65,8 @@ def register(commands) -> None:
     _common(p, png=False)
     p.add_argument("--iw-samples", type=int, default=5000, help="importance samples per image (default 5000)")
     p.add_argument("--limit", type=int, default=0, help="evaluate a seeded random subset of N images (0: all)")
-    p.add_argument("--json", metavar="FILE", help="also write the results here (always: RUN/eval_SPLIT.json)")
+    p.add_argument("--json", metavar="FILE",
+                   help="also write the results here (always: RUN/eval_SPLIT[_limitN_seedS].json)")
     p.set_defaults(handler=_eval)
 
     p = sub.add_parser("sample", help="a PNG grid of images decoded from z ~ N(0, I)")
@@ -186,7 +187,8 @@ def _train(args: argparse.Namespace) -> int:
     trainer = _resume(args) if args.resume else _new_run(args)
     started = time.time()
     state = trainer.fit()
-    log.info(f"done at step {state['step']} in {time.time() - started:.0f} s; best validation -ELBO "
+    how = "stopped" if trainer.interrupted else "done"
+    log.info(f"{how} at step {state['step']} in {time.time() - started:.0f} s; best validation -ELBO "
              f"{state['saved_best']:.3f} nats per image; model in {trainer.run_dir}")
     return 0
 
@@ -254,7 +256,8 @@ def _eval(args: argparse.Namespace) -> int:
         "seconds": {"elbo": round(elbo_seconds, 1), "iw_nll": round(time.time() - started - elbo_seconds, 1)},
     }
     text = json.dumps(result, indent=2) + "\n"
-    for path in [Path(args.run) / f"eval_{args.split}.json"] + ([Path(args.json)] if args.json else []):
+    name = f"eval_{args.split}" + (f"_limit{args.limit}_seed{args.seed}" if args.limit else "") + ".json"
+    for path in [Path(args.run) / name] + ([Path(args.json)] if args.json else []):
         path.write_text(text)
     print(text, end="")
     return 0

@@ -79,7 +79,7 @@ def reconstructions(model, data: TextBatches, device: torch.device, max_length: 
     for batch in data.iterate():
         batch = batch.to(device)
         z = model.posterior(batch).mean
-        ids = generate(model.decoder, z, len(batch), tok.bos_id, tok.eos_id, settings)
+        ids = generate(model.decoder, z, len(batch), tok.bos_id, tok.eos_id, settings, forbidden=tok.never_generated)
         for row, index in enumerate(batch.index.tolist()):
             out[index] = tok.decode(ids[row])
     return out
