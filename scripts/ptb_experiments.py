@@ -35,8 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def sh(command: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """Run a ``textvae ...`` command with this interpreter's textvae."""
     print("+ " + " ".join(command), file=sys.stderr, flush=True)
-    return subprocess.run(command, check=True, **kwargs)
+    return subprocess.run([sys.executable, "-m", *command], check=True, **kwargs)
 
 
 def finished(run: Path) -> bool:
@@ -115,7 +116,10 @@ def write_results(rows: list[dict], extra: dict, args: argparse.Namespace) -> No
     for r in rows:
         lines += [f"- `{r['run']}`: `{r['train_command']}` then `{r['eval_command']}`"]
     if published:
-        lines += ["", "## Published figures (same protocol; not our runs)", "",
+        lines += ["", "## Published figures (not our runs)", "",
+                  "The He et al. 2019 protocol (as reported by Li et al. 2019/2020), and Bowman et al. 2016's own "
+                  "setup (latent 13, LSTM 191, no importance weighting) for comparison; see "
+                  "`results/ptb_published.json` for the source text of every figure.", "",
                   "| paper | model | NLL | PPL | KL | MI | AU |", "|---|---|---|---|---|---|---|"]
         for p in published:
             lines.append(f"| {p.get('citation', p.get('paper'))} | {p['model']} | {fmt(p.get('nll'))} | "
