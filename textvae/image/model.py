@@ -4,7 +4,8 @@ trainer and importance-weighted NLL.
     encoder  x (B, 1, 28, 28) -> [conv, act, max-pool] x 2 -> (B, 2C, 7, 7)
              -> fully connected (B, H) -> GaussianHead -> q(z|x), (B, D)
     decoder  z (B, D) -> fully connected (B, H) -> (B, 2C, 7, 7)
-             -> [2x upsampling by transposed conv] x 2 -> Bernoulli logits (B, 1, 28, 28)
+             -> [2x upsampling: nearest then a transposed conv, or one stride-2
+                transposed conv (model.upsampling)] x 2 -> Bernoulli logits (B, 1, 28, 28)
 
 p(x|z) is a product of independent Bernoulli pixels; log p(x|z) is summed
 over the 784 pixels, in nats per image. The model implements the interface
