@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from ..errors import TextVAEError
-from .transformer import Pooling, State, select_batch
+from .transformer import Pooling, State, latent_state, select_batch
 
 PREFIX = "hf:"
 BACKBONE_DIRS = {"encoder": "backbone_encoder", "decoder": "backbone_decoder"}
@@ -195,18 +195,7 @@ class HFDecoder(Backbone):
         return self.backbone.get_output_embeddings()
 
     def initial_state(self, z: Optional[Tensor], batch_size: int) -> State:
-        if self.latent_in_memory and z is not None:
-            memory = self.latent_to_memory(z).view(-1, self.layers, 2, self.memory_vectors, self.kv_heads,
-                                                   self.head_dim)
-            memory = memory.permute(1, 2, 0, 4, 3, 5)  # (layers, 2, B, heads, M, hd)
-            keys, values = list(memory[:, 0]), list(memory[:, 1])
-        else:
-            empty = self.output.weight.new_zeros(batch_size, self.kv_heads, 0, self.head_dim)
-            keys, values = [empty] * self.layers, [empty] * self.layers
-        state: State = {"keys": keys, "values": values, "offset": 0}
-        if self.latent_in_embedding and z is not None:
-            state["latent"] = self.latent_to_embedding(z)  # (B, W)
-        return state
+        return latent_state(self, z, batch_size, self.kv_heads, self.head_dim)
 
     def forward(self, inputs: Tensor, state: State) -> tuple[Tensor, State]:
         """inputs (B, T) after the tokens in ``state`` -> hidden (B, T, W) and the new state.

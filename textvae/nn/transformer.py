@@ -229,18 +229,7 @@ class TransformerDecoder(nn.Module):
 
     def initial_state(self, z: Optional[Tensor], batch_size: int) -> State:
         """The state before bos: each layer's cache holds only z's memory (or nothing)."""
-        head_dim = self.width // self.heads
-        if self.latent_in_memory and z is not None:
-            memory = self.latent_to_memory(z).view(-1, self.layers, 2, self.memory_vectors, self.heads, head_dim)
-            memory = memory.permute(1, 2, 0, 4, 3, 5)  # (layers, 2, B, h, M, hd)
-            keys, values = list(memory[:, 0]), list(memory[:, 1])
-        else:
-            empty = self.output.weight.new_zeros(batch_size, self.heads, 0, head_dim)
-            keys, values = [empty] * self.layers, [empty] * self.layers
-        state: State = {"keys": keys, "values": values, "offset": 0}
-        if self.latent_in_embedding and z is not None:
-            state["latent"] = self.latent_to_embedding(z)  # (B, W)
-        return state
+        return latent_state(self, z, batch_size, self.heads, self.width // self.heads)
 
     def forward(self, inputs: Tensor, state: State) -> tuple[Tensor, State]:
         """inputs (B, T), the tokens after those already in ``state`` ->
@@ -264,3 +253,21 @@ class TransformerDecoder(nn.Module):
     def select_state(state: State, index: Tensor) -> State:
         """Reorder the batch of a state (beam search): index (B',) -> B' rows."""
         return select_batch(state, index)
+
+
+def latent_state(decoder: nn.Module, z: Optional[Tensor], batch_size: int, heads: int, head_dim: int) -> State:
+    """The state before bos of a decoder that reads z by memory and/or embedding
+    (our Transformer decoder and the Hugging Face causal LMs): each layer's
+    key/value cache starts with z's ``memory_vectors`` (Li et al. 2020,
+    Optimus) or empty, and ``latent`` is the projection added to every input."""
+    if decoder.latent_in_memory and z is not None:
+        memory = decoder.latent_to_memory(z).view(-1, decoder.layers, 2, decoder.memory_vectors, heads, head_dim)
+        memory = memory.permute(1, 2, 0, 4, 3, 5)  # (layers, 2, B, heads, M, hd)
+        keys, values = list(memory[:, 0]), list(memory[:, 1])
+    else:
+        empty = decoder.output.weight.new_zeros(batch_size, heads, 0, head_dim)
+        keys, values = [empty] * decoder.layers, [empty] * decoder.layers
+    state: State = {"keys": keys, "values": values, "offset": 0}
+    if decoder.latent_in_embedding and z is not None:
+        state["latent"] = decoder.latent_to_embedding(z)  # (B, W)
+    return state
