@@ -46,9 +46,13 @@ def mutual_information(means: Tensor, logvars: Tensor, generator: Optional[torch
     z = means + torch.exp(0.5 * logvars) * eps  # (N, D)
     log_q_z_given_x = -0.5 * (eps ** 2 + logvars + LOG_2PI).sum(-1)  # (N,) log q(z_i | x_i)
     inv_var = torch.exp(-logvars)  # (N, D)
+    # log q(z_i | x_j) expanded as matrix products, so no (C, N, D) tensor is made:
+    # -1/2 [z_i^2 . inv_j - 2 z_i . (mean_j inv_j) + sum(mean_j^2 inv_j + logvar_j) + D log 2 pi]
+    weighted_mean = means * inv_var  # (N, D)
+    per_component = (means * weighted_mean + logvars).sum(-1) + means.shape[1] * LOG_2PI  # (N,)
     log_q_z = []
     for start in range(0, count, chunk):
-        zs = z[start: start + chunk].unsqueeze(1)  # (C, 1, D)
-        log_density = -0.5 * (((zs - means) ** 2) * inv_var + logvars + LOG_2PI).sum(-1)  # (C, N)
+        zs = z[start: start + chunk]  # (C, D)
+        log_density = -0.5 * ((zs ** 2) @ inv_var.T - 2 * zs @ weighted_mean.T + per_component)  # (C, N)
         log_q_z.append(torch.logsumexp(log_density, dim=1) - math.log(count))
     return float((log_q_z_given_x - torch.cat(log_q_z)).mean())
