@@ -49,13 +49,18 @@ def train(name: str, args: argparse.Namespace) -> tuple[list[str], float]:
     run = Path(args.out) / name
     command = ["textvae", "train", "--data", args.data, "--out", str(run), "--config", "ptb-lstm",
                "--config", f"configs/ptb/{name}.yaml", *sum((["--set", s] for s in args.set), [])]
-    timing = run / "train_seconds.json"
+    timing, recorded = run / "train_seconds.json", run / "train_command.json"
+    if recorded.exists():  # the command that trained it, whatever this call's --set
+        command = json.loads(recorded.read_text())["command"]
     if finished(run):
         return command, json.loads(timing.read_text())["seconds"]
+    run.mkdir(parents=True, exist_ok=True)
+    recorded.write_text(json.dumps({"command": command}))
     spent = json.loads(timing.read_text())["seconds"] if timing.exists() else 0.0
     start = time.time()
     if (run / "checkpoint").exists():
-        sh(["textvae", "train", "--resume", str(run), *sum((["--set", s] for s in args.set), [])])
+        sh(["textvae", "train", "--resume", str(run), *[a for s in args.set if s.startswith("train.num_threads")
+                                                         for a in ("--set", s)]])
     else:
         sh(command)
     spent += time.time() - start

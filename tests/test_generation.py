@@ -242,3 +242,33 @@ def test_language_model_samples_but_has_no_latent(word_tokenizer):
     assert all(t.startswith("the cat") for t in lm.complete("the cat", n=2, seed=0))
     with pytest.raises(TextVAEError):
         lm.interpolate(TRAIN[0], TRAIN[1])
+
+
+def test_completion_starts_a_new_word_unless_asked(tmp_path):
+    """A byte-level BPE model must not turn the prefix's last word into
+    another word ("the man" -> "the manner") unless ``continue_word``."""
+    from textvae.config import TokenizerConfig
+    from textvae.model import TextVAE
+    from textvae.tokenization import build_tokenizer
+
+    from conftest import tiny_config
+
+    tok = build_tokenizer(TokenizerConfig(spec="bpe", vocab_size=300), TRAIN)
+    torch.manual_seed(0)
+    model = TextVAE(tiny_config(tokenizer={"spec": "bpe", "vocab_size": 300}), tok).eval()
+    pieces = torch.tensor(tok.word_pieces)
+    with torch.no_grad():  # make the word pieces by far the likeliest tokens
+        model.decoder.output.bias[pieces] += 20.0
+    prefix = tok.encode("the dog")
+    for strategy in ("sample", "greedy", "beam"):
+        z = torch.zeros(6, 4)
+        config = GenerationConfig(strategy=strategy, max_length=8)
+        out = generate(model.decoder, z, 6, tok.bos_id, tok.eos_id, config, [prefix] * 6, torch.Generator().manual_seed(0),
+                       tok.never_generated, tok.word_pieces)
+        assert all(row[:len(prefix)] == prefix and row[len(prefix)] not in tok.word_pieces for row in out)
+        assert any(i in tok.word_pieces for row in out for i in row[len(prefix) + 1:])  # only the first is held
+    words = model.complete("the dog", n=6, seed=0, proposals=8)
+    glued_on = lambda text: text[len("the dog"):][:1].isalnum() or not text[len("the dog"):][:1].isascii()  # noqa: E731
+    assert all(text.startswith("the dog") and not glued_on(text) for text in words), words
+    glued = model.complete("the dog", n=6, seed=0, proposals=8, continue_word=True)
+    assert all(text.startswith("the dog") and glued_on(text) for text in glued), glued

@@ -164,3 +164,31 @@ def test_shared_tokenizers_save_and_load(name, tmp_path):
     loaded = Tokenizer.load(tmp_path / "tok")
     assert loaded.encode_batch(TRAIN[:5]) == tok.encode_batch(TRAIN[:5])
     assert (loaded.pad_id, loaded.bos_id, loaded.eos_id, loaded.unk_id) == (tok.pad_id, tok.bos_id, tok.eos_id, tok.unk_id)
+
+
+@pytest.mark.parametrize("kind", ["bpe", "wordpiece", "unigram"])
+def test_word_pieces_are_the_ids_that_continue_a_word(kind):
+    tok = trained(kind)
+    pieces = set(tok.word_pieces)
+    assert pieces and not pieces & (tok.frame_ids | {tok.unk_id})
+    for token_id in range(tok.vocab_size):
+        if token_id in tok.frame_ids or token_id == tok.unk_id:
+            continue
+        rest = tok.backend.decode(tok.encode("the") + [token_id]).strip()[3:4]
+        glued = rest.isalnum() or rest != "" and not rest.isascii() and not rest.isspace()
+        assert (token_id in pieces) == glued, (kind, tok.backend.id_to_token(token_id))
+    # A word's own first token starts a new word; the tokens after it within the word do not.
+    for word in ("sat", "mat", "dog"):
+        ids = tok.encode("the " + word)[len(tok.encode("the")):]
+        assert ids[0] not in pieces and all(i in pieces for i in ids[1:])
+
+
+def test_word_level_has_no_word_pieces():
+    assert trained("word").word_pieces == ()
+
+
+def test_gpt2_word_pieces():
+    tok = shared_tokenizer("gpt2")
+    pieces = set(tok.word_pieces)
+    assert tok.backend.token_to_id("Ġman") not in pieces and tok.backend.token_to_id("ner") in pieces
+    assert tok.backend.token_to_id(",") not in pieces  # punctuation may follow a whole word

@@ -160,7 +160,7 @@ class TrainConfig:
     early_stop_patience: int = 0  # evaluations without improvement before stopping; 0: off
     eval_every: int = 0  # steps between validations; 0: once per epoch
     checkpoint_every: int = 200  # steps between resumable checkpoints
-    log_every: int = 20
+    log_every: int = 20  # steps between training log lines (each the mean over those steps)
     precision: str = "fp32"  # fp32 or bf16 (autocast)
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default

@@ -69,6 +69,17 @@ def _next_logits(decoder: nn.Module, hidden: Tensor, forbidden: tuple[int, ...])
     return logits
 
 
+def _mask_first(logits: Tensor, prefix_len: Tensor, position: int, ids: tuple[int, ...]) -> Tensor:
+    """logits (R, V) with ``ids`` at -inf in the rows whose prefix (R,) is
+    non-empty and ends just before ``position``."""
+    rows = (prefix_len == position) & (prefix_len > 0)
+    if not ids or not bool(rows.any()):
+        return logits
+    masked = logits.clone()
+    masked[rows.nonzero().squeeze(1).unsqueeze(1), torch.tensor(ids, device=logits.device)] = float("-inf")
+    return masked
+
+
 def _prefix_tensor(prefixes: list[list[int]], device: torch.device) -> tuple[Tensor, Tensor]:
     """Padded prefixes (B, L) and their lengths (B,)."""
     width = max(1, max(len(p) for p in prefixes))
@@ -81,15 +92,17 @@ def _prefix_tensor(prefixes: list[list[int]], device: torch.device) -> tuple[Ten
 @torch.no_grad()
 def generate(decoder: nn.Module, z: Optional[Tensor], batch_size: int, bos_id: int, eos_id: int,
              config: GenerationConfig, prefixes: Optional[list[list[int]]] = None,
-             generator: Optional[torch.Generator] = None, forbidden: tuple[int, ...] = ()) -> list[list[int]]:
+             generator: Optional[torch.Generator] = None, forbidden: tuple[int, ...] = (),
+             not_first: tuple[int, ...] = ()) -> list[list[int]]:
     """Token ids of each row's sentence (prefix included; no bos, no eos).
 
     z: (B, D) or None for a language model. ``forbidden`` ids (padding, a bos
-    distinct from eos) are never chosen.
+    distinct from eos) are never chosen; ``not_first`` ids are not chosen
+    right after a non-empty prefix (a completion that starts a new word).
     """
     prefixes = prefixes or [[] for _ in range(batch_size)]
     if config.strategy == "beam":
-        return beam_search(decoder, z, batch_size, bos_id, eos_id, config, prefixes, forbidden)
+        return beam_search(decoder, z, batch_size, bos_id, eos_id, config, prefixes, forbidden, not_first)
     device = decoder.output.weight.device
     table, prefix_len = _prefix_tensor(prefixes, device)
     common = min(len(p) for p in prefixes)
@@ -101,6 +114,7 @@ def generate(decoder: nn.Module, z: Optional[Tensor], batch_size: int, bos_id: i
     finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
     for position in range(common, config.max_length):
         forced = prefix_len > position
+        logits = _mask_first(logits, prefix_len, position, not_first)
         token = choose(logits, config, generator)
         if forced.any():
             token = torch.where(forced, table[:, min(position, table.shape[1] - 1)], token)
@@ -125,7 +139,8 @@ def _until_eos(tokens: list[int], eos_id: int, keep: int) -> list[int]:
 
 @torch.no_grad()
 def beam_search(decoder: nn.Module, z: Optional[Tensor], batch_size: int, bos_id: int, eos_id: int,
-                config: GenerationConfig, prefixes: list[list[int]], forbidden: tuple[int, ...] = ()) -> list[list[int]]:
+                config: GenerationConfig, prefixes: list[list[int]], forbidden: tuple[int, ...] = (),
+                not_first: tuple[int, ...] = ()) -> list[list[int]]:
     """Beam search of width W over B rows at once (B * W decoder rows).
 
     A hypothesis ends when it emits eos among the W best candidates; its score
@@ -145,6 +160,7 @@ def beam_search(decoder: nn.Module, z: Optional[Tensor], batch_size: int, bos_id
     done = [False] * batch_size
     vocab = logits.shape[-1]
     for position in range(config.max_length + 1):
+        logits = _mask_first(logits, prefix_len[rows], position, not_first)
         log_probs = logits.log_softmax(-1).view(batch_size, width, vocab)
         forced = (prefix_len > position).view(batch_size, 1, 1)
         if bool(forced.any()):

@@ -25,9 +25,10 @@ def _settings(model, strategy: str, max_length: Optional[int], **options) -> Gen
 
 
 def _decode(model, z: Optional[Tensor], n: int, settings: GenerationConfig, generator=None,
-            prefixes: Optional[list[list[int]]] = None) -> list[list[int]]:
+            prefixes: Optional[list[list[int]]] = None, not_first: tuple[int, ...] = ()) -> list[list[int]]:
     tok = model.tokenizer
-    return generate(model.decoder, z, n, tok.bos_id, tok.eos_id, settings, prefixes, generator, tok.never_generated)
+    return generate(model.decoder, z, n, tok.bos_id, tok.eos_id, settings, prefixes, generator, tok.never_generated,
+                    not_first)
 
 
 @torch.no_grad()
@@ -92,9 +93,12 @@ def posterior_given_prefix(model, prefix_ids: list[int], n: int, proposals: int 
 
 @torch.no_grad()
 def complete(model, prefix: str, n: int = 5, strategy: str = "sample", seed: Optional[int] = None,
-             max_length: Optional[int] = None, proposals: int = 512, **options) -> list[str]:
+             max_length: Optional[int] = None, proposals: int = 512, continue_word: bool = False,
+             **options) -> list[str]:
     """n continuations of ``prefix`` from the model's own distribution: z from
-    p(z | prefix), then the continuation decoded after the forced prefix."""
+    p(z | prefix), then the continuation decoded after the forced prefix.
+    A prefix that ends in a letter or digit is taken as ending with a whole
+    word (the continuation starts a new one) unless ``continue_word``."""
     model.eval()
     if not prefix.strip():
         raise TextVAEError("the prefix to complete is empty")
@@ -105,7 +109,9 @@ def complete(model, prefix: str, n: int = 5, strategy: str = "sample", seed: Opt
     z = posterior_given_prefix(model, prefix_ids, n, proposals, generator) if model.latent_dim > 0 else None
     settings = _settings(model, strategy, max(max_length or model.config.data.max_length, len(prefix_ids) + 1),
                          **options)
-    outputs = _decode(model, z, n, settings, generator, [prefix_ids] * n)
+    ends_word = prefix.rstrip()[-1:].isalnum() and not continue_word
+    outputs = _decode(model, z, n, settings, generator, [prefix_ids] * n,
+                      model.tokenizer.word_pieces if ends_word else ())
     shown_prefix = model.tokenizer.decode(prefix_ids)
     texts = []
     for ids in outputs:

@@ -8,6 +8,7 @@ pipeline adds bos and eos itself, so every tokenizer frames text the same way.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -52,6 +53,27 @@ class Tokenizer:
         trainer that meets a special token such as PTB's <unk> in the text
         gives it a second id and leaves the first unused)."""
         return max(self.backend.get_vocab(with_added_tokens=True).values()) + 1
+
+    @functools.cached_property
+    def word_pieces(self) -> tuple[int, ...]:
+        """Ids that continue the word before them (``##ing`` in WordPiece, a
+        byte-level BPE piece without its leading space, ...): the ones whose
+        text joins the previous word with no space and starts with a letter, a
+        digit or a non-ASCII character (a byte of an accented letter). Found by decoding each id after a whole word, so it holds for
+        any tokenizer; a completion of ``"the man"`` excludes them as its
+        first token so that it does not turn "man" into "manner"."""
+        anchor = self.encode("the")
+        if not anchor:
+            return ()
+        pieces = []
+        for token_id in range(self.vocab_size):
+            if token_id in self.frame_ids or token_id == self.unk_id:
+                continue
+            text = self.backend.decode(anchor + [token_id], skip_special_tokens=False)
+            rest = text.lstrip()[len("the"):] if text.lstrip().startswith("the") else ""
+            if rest[:1].isalnum() or rest[:1] and not rest[0].isascii() and not rest[0].isspace():
+                pieces.append(token_id)  # letters, digits, and the non-ASCII bytes of a letter
+        return tuple(pieces)
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Token ids of each text, without bos/eos."""

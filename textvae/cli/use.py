@@ -50,6 +50,8 @@ def register(commands) -> None:
     p.add_argument("prefix", metavar="PREFIX")
     p.add_argument("-n", type=int, default=5, help="how many completions")
     p.add_argument("--proposals", type=int, default=512, help="importance samples of z for p(z | prefix)")
+    p.add_argument("--continue-word", action="store_true",
+                   help="let the completion continue the prefix's last word (default: it starts a new word)")
     p.set_defaults(handler=_complete)
 
     p = commands.add_parser("interpolate", help="sentences along the latent path between two sentences")
@@ -120,7 +122,8 @@ def _encode(args: argparse.Namespace) -> None:
 def _complete(args: argparse.Namespace) -> None:
     if args.n < 1 or args.proposals < 1:
         raise TextVAEError("-n and --proposals must be >= 1")
-    _emit(_load(args).complete(args.prefix, args.n, proposals=args.proposals, **_options(args)))
+    _emit(_load(args).complete(args.prefix, args.n, proposals=args.proposals, continue_word=args.continue_word,
+                               **_options(args)))
 
 
 def _interpolate(args: argparse.Namespace) -> None:

@@ -154,16 +154,21 @@ class Trainer:
         epoch = state["epoch"]
         self._maybe_end_pretraining()
         progress = self._progress(epoch)
+        window, window_steps = {}, 0
         for batch in self.train_data.iterate(epoch, state["batch"]):
             beta = self.current_kl_weight()
             distributed.seed_step(config.seed, state["step"])
             logs = self.step_fn(batch.to(self.device), beta)
             state["step"] += 1
             state["batch"] += 1
+            for key, value in logs.items():  # the log line is the mean since the last one
+                window[key] = window.get(key, 0.0) + value
+            window_steps += 1
             progress.update(1)
             progress.set_postfix(rec=f"{logs['rec']:.2f}", kl=f"{logs['kl']:.2f}", beta=f"{beta:.3f}", refresh=False)
             if state["step"] % config.log_every == 0:
-                logs = distributed.mean_over_ranks(logs)
+                logs = distributed.mean_over_ranks({k: v / window_steps for k, v in window.items()})
+                window, window_steps = {}, 0
                 self._log({"split": "train", "kl_weight": beta, "lr": state["lr"], **logs})
             if config.eval_every and state["step"] % config.eval_every == 0:
                 self.validate()
