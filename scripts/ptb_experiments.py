@@ -49,12 +49,14 @@ def train(name: str, args: argparse.Namespace) -> tuple[list[str], float]:
     run = Path(args.out) / name
     command = ["textvae", "train", "--data", args.data, "--out", str(run), "--config", "ptb-lstm",
                "--config", f"configs/ptb/{name}.yaml", *sum((["--set", s] for s in args.set), [])]
-    timing, recorded = run / "train_seconds.json", run / "train_command.json"
-    if recorded.exists():  # the command that trained it, whatever this call's --set
+    # Beside the run (train refuses an existing --out): the command that
+    # trained it, whatever this call's --set.
+    timing, recorded = run / "train_seconds.json", run.parent / f"{name}.command.json"
+    if recorded.exists():
         command = json.loads(recorded.read_text())["command"]
     if finished(run):
         return command, json.loads(timing.read_text())["seconds"]
-    run.mkdir(parents=True, exist_ok=True)
+    run.parent.mkdir(parents=True, exist_ok=True)
     recorded.write_text(json.dumps({"command": command}))
     spent = json.loads(timing.read_text())["seconds"] if timing.exists() else 0.0
     start = time.time()
