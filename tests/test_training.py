@@ -77,6 +77,7 @@ def test_best_weights_are_those_of_the_best_validation(word_tokenizer, tmp_path)
 STEPS = 16  # 50 sentences in batches of 8: 7 steps an epoch, so both halves cross an epoch boundary
 RESUME_FLAGS = [*TINY_FLAGS, "--set", "train.epochs=10", "--set", "train.eval_every=5", "--set", "train.seed=3",
                 "--set", "train.checkpoint_every=3", "--set", "train.lr_patience=1", "--set", "model.dropout=0.1",
+                "--set", "train.log_every=5",  # the run stops at step 8, inside a logging interval
                 "--set", "model.word_dropout=0.25", "--set", "objective.kl_schedule=linear",
                 "--set", "objective.kl_warmup_steps=10", "-q"]
 
@@ -131,3 +132,27 @@ def test_resuming_a_finished_run_trains_no_further(uninterrupted, tmp_path):
     b = load_file(run / "checkpoint" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((run / "checkpoint" / "state.json").read_text())["step"] == STEPS
+
+
+def test_a_signal_stops_with_a_checkpoint_and_names_the_resume_command(word_tokenizer, tmp_path, capsys):
+    import signal
+
+    trainer = make_trainer(word_tokenizer, tmp_path / "run", max_steps=30, epochs=100, log_every=4)
+    trainer.command = "textvae mnist train"  # what the MNIST command passes
+    trainer._on_signal(signal.SIGTERM, None)  # as if SIGTERM arrived during the first step
+    state = trainer.fit()
+    assert state["step"] == 1 and not state["finished"] and trainer.interrupted
+    assert json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())["step"] == 1
+    assert f"continue with `textvae mnist train --resume {tmp_path / 'run'}`" in capsys.readouterr().err
+
+
+def test_training_log_lines_average_over_their_interval(word_tokenizer, tmp_path):
+    trainer = make_trainer(word_tokenizer, tmp_path / "run", max_steps=8, epochs=100, log_every=4)
+    seen = []
+    step_fn = trainer.step_fn
+    trainer.step_fn = lambda batch, beta: seen.append(step_fn(batch, beta)) or seen[-1]
+    trainer.fit()
+    logged = records(tmp_path / "run", "train")
+    assert [r["step"] for r in logged] == [4, 8]
+    for record, window in zip(logged, (seen[:4], seen[4:])):
+        assert record["rec"] == pytest.approx(sum(s["rec"] for s in window) / 4)

@@ -209,7 +209,7 @@ def _new_run(args: argparse.Namespace) -> Trainer:
     out.mkdir(parents=True, exist_ok=True)
     try:
         config.save(out / CONFIG_FILE)
-        return Trainer(model, config.train, config.objective, train, valid, out)
+        return Trainer(model, config.train, config.objective, train, valid, out, command="textvae mnist train")
     except BaseException:
         if not (out / "checkpoint").exists():
             shutil.rmtree(out, ignore_errors=True)  # a run that never started leaves nothing behind
@@ -227,7 +227,8 @@ def _resume(args: argparse.Namespace) -> Trainer:
     raw = json.loads((run_dir / CONFIG_FILE).read_text())
     config = ImageConfig.from_dict(apply_overrides(raw, args.overrides, ImageConfig))
     train, valid = _train_valid(_data_path(args.data, config), config)
-    trainer = Trainer(ConvVAE(config), config.train, config.objective, train, valid, run_dir)
+    trainer = Trainer(ConvVAE(config), config.train, config.objective, train, valid, run_dir,
+                      command="textvae mnist train")
     trainer.resume()
     config.save(run_dir / CONFIG_FILE)  # the new limits are part of the run's record
     return trainer

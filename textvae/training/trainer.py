@@ -71,9 +71,10 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
 
 class Trainer:
     def __init__(self, model: nn.Module, train_config: TrainConfig, objective: ObjectiveConfig, train_data,
-                 valid_data, run_dir: str | Path) -> None:
+                 valid_data, run_dir: str | Path, command: str = "textvae train") -> None:
         self.config, self.objective = train_config, objective
         self.run_dir = Path(run_dir)
+        self.command = command  # what continues the run, for the interrupt message
         self.device = resolve_device(train_config.device)
         if train_config.num_threads:
             torch.set_num_threads(train_config.num_threads)
@@ -154,21 +155,23 @@ class Trainer:
         epoch = state["epoch"]
         self._maybe_end_pretraining()
         progress = self._progress(epoch)
-        window, window_steps = {}, 0
         for batch in self.train_data.iterate(epoch, state["batch"]):
             beta = self.current_kl_weight()
             distributed.seed_step(config.seed, state["step"])
             logs = self.step_fn(batch.to(self.device), beta)
             state["step"] += 1
             state["batch"] += 1
-            for key, value in logs.items():  # the log line is the mean since the last one
+            # The log line is the mean since the last one; the sums are part of
+            # the state, so a resumed run logs exactly what an uninterrupted one does.
+            window = state.setdefault("log_sums", {})
+            for key, value in logs.items():
                 window[key] = window.get(key, 0.0) + value
-            window_steps += 1
+            state["log_steps"] = state.get("log_steps", 0) + 1
             progress.update(1)
             progress.set_postfix(rec=f"{logs['rec']:.2f}", kl=f"{logs['kl']:.2f}", beta=f"{beta:.3f}", refresh=False)
             if state["step"] % config.log_every == 0:
-                logs = distributed.mean_over_ranks({k: v / window_steps for k, v in window.items()})
-                window, window_steps = {}, 0
+                logs = distributed.mean_over_ranks({k: v / state["log_steps"] for k, v in window.items()})
+                state["log_sums"], state["log_steps"] = {}, 0
                 self._log({"split": "train", "kl_weight": beta, "lr": state["lr"], **logs})
             if config.eval_every and state["step"] % config.eval_every == 0:
                 self.validate()
@@ -342,7 +345,7 @@ class Trainer:
     def _report_stop(self) -> None:
         if self._stop_signal and self.is_main:
             print(f"textvae: interrupted at step {self.state['step']}; checkpoint saved, continue with "
-                  f"`textvae train --resume {self.run_dir}`", file=sys.stderr)
+                  f"`{self.command} --resume {self.run_dir}`", file=sys.stderr)
 
 
 class _Stop(Exception):
