@@ -43,9 +43,9 @@ def make_trainer(tokenizer, run_dir, model=None, objective=None, texts=TRAIN, pr
     return Trainer(vae, config.train, config.objective, train_data, valid_data, run_dir)
 
 
-def train_records(run_dir) -> list[dict]:
+def train_records(run_dir, split: str = "train") -> list[dict]:
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["split"] == "train"]
+    return [r for r in map(json.loads, lines) if r["split"] == split]
 
 
 def random_batch(tokenizer, size: int = 16, seed: int = 0):
@@ -266,6 +266,21 @@ def test_aggressive_phase_ends_when_validation_mi_falls(aggressive_trainer):
     before = trainer.state["inner_steps"]
     logs = steps.step(next(trainer.train_data.iterate(0)), 1.0)  # now a plain joint step
     assert "inner_steps" not in logs and trainer.state["inner_steps"] == before
+
+
+def test_aggressive_phase_validates_at_its_own_cadence(word_tokenizer, tmp_path, monkeypatch):
+    """Validation every aggressive_eval_every steps while the phase lasts, then
+    once an epoch (eval_every=0): 50 sentences in batches of 8 are 7 steps an epoch."""
+    monkeypatch.setattr(aggressive, "CHECK_EVERY", 1)
+    trainer = make_trainer(word_tokenizer, tmp_path / "run", epochs=3, aggressive=True, aggressive_max_inner=2,
+                           aggressive_eval_every=2)
+    mis = iter([0.5, 0.7, 0.6, 0.9, 0.9, 0.9])  # the third validation ends the phase
+    monkeypatch.setattr(trainer, "evaluate", lambda: {"elbo": -50.0, "rec": 45.0, "kl": 5.0, "au": 4,
+                                                         "au_variances": [1.0] * 4, "mi": next(mis)})
+    trainer.fit()
+    valid_steps = [r["step"] for r in train_records(tmp_path / "run", "valid")]
+    assert valid_steps == [2, 4, 6, 7, 14, 21]
+    assert not trainer.state["aggressive"]
 
 
 # --------------------------------------------------- autoencoder pretraining

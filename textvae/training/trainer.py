@@ -173,7 +173,9 @@ class Trainer:
                 logs = distributed.mean_over_ranks({k: v / state["log_steps"] for k, v in window.items()})
                 state["log_sums"], state["log_steps"] = {}, 0
                 self._log({"split": "train", "kl_weight": beta, "lr": state["lr"], **logs})
-            if config.eval_every and state["step"] % config.eval_every == 0:
+            every = config.aggressive_eval_every if state["aggressive"] and config.aggressive_eval_every \
+                else config.eval_every
+            if every and state["step"] % every == 0:
                 self.validate()
             if config.max_steps and state["step"] >= config.max_steps:
                 self._stop("max_steps")
