@@ -283,6 +283,15 @@ def test_aggressive_phase_validates_at_its_own_cadence(word_tokenizer, tmp_path,
     assert not trainer.state["aggressive"]
 
 
+def test_aggressive_phase_ends_at_its_step_cap(word_tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setattr(aggressive, "CHECK_EVERY", 1)
+    trainer = make_trainer(word_tokenizer, tmp_path / "run", max_steps=6, epochs=10, aggressive=True,
+                           aggressive_max_inner=2, aggressive_max_steps=3)
+    state = trainer.fit()
+    assert not state["aggressive"]
+    assert [r.get("inner_steps") for r in train_records(tmp_path / "run")] == [2, 2, 2, None, None, None]
+
+
 # --------------------------------------------------- autoencoder pretraining
 def test_ae_pretraining_then_fresh_decoder_and_kept_encoder(word_tokenizer, tmp_path):
     trainer = make_trainer(word_tokenizer, tmp_path / "run", objective={"kl_schedule": "linear", "kl_warmup_steps": 4},

@@ -171,6 +171,9 @@ class TrainConfig:
     # lasts; 0: as eval_every. He et al. check once an epoch; checking more
     # often ends the costly phase sooner once MI stops rising.
     aggressive_eval_every: int = 0
+    # Longest aggressive phase in (outer) steps, 0: no limit. Each of its steps
+    # costs up to aggressive_max_inner + 1 ordinary ones, so a budget needs a cap.
+    aggressive_max_steps: int = 0
     # AE pretraining then a fresh decoder (Li et al. 2019)
     ae_pretrain_epochs: int = 0
 
@@ -179,7 +182,7 @@ class TrainConfig:
                      "aggressive_max_inner"):
             _check(getattr(self, name) >= 1, f"train.{name} must be >= 1")
         for name in ("max_steps", "lr_patience", "max_lr_decays", "early_stop_patience", "eval_every",
-                     "num_threads", "ae_pretrain_epochs", "aggressive_eval_every"):
+                     "num_threads", "ae_pretrain_epochs", "aggressive_eval_every", "aggressive_max_steps"):
             _check(getattr(self, name) >= 0, f"train.{name} must be >= 0")
         _choice("train.optimizer", self.optimizer, ("adam", "sgd"))
         _choice("train.precision", self.precision, ("fp32", "bf16"))

@@ -6,7 +6,8 @@ encoder alone on fresh batches until its objective stops improving (checked
 every ``CHECK_EVERY`` inner steps, at most ``train.aggressive_max_inner``),
 then updates the decoder alone on the step's own batch. The phase ends at the
 first validation whose mutual information I(x; z) is lower than the previous
-one; training then goes on as usual.
+one (or after ``train.aggressive_max_steps``, where set); training then goes
+on as usual.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ class AggressiveSteps:
 
     def step(self, batch, beta: float) -> dict[str, float]:
         trainer, state = self.trainer, self.trainer.state
+        cap = trainer.config.aggressive_max_steps
+        if state["aggressive"] and cap and state["step"] >= cap:
+            self._end(f"reached train.aggressive_max_steps={cap}")
         if not state["aggressive"]:
             return trainer.train_step(batch, beta)
         inner = self.update_encoder(beta)
@@ -73,7 +77,11 @@ class AggressiveSteps:
         if not state["aggressive"] or "mi" not in result:
             return
         if result["mi"] < state["aggressive_best_mi"]:
-            state["aggressive"] = False
-            self.trainer.log_info(f"aggressive phase over at step {state['step']} (MI fell to {result['mi']:.3f}; "
-                                  f"{state['inner_steps']} encoder-only steps in all)")
+            self._end(f"MI fell to {result['mi']:.3f}")
         state["aggressive_best_mi"] = max(state["aggressive_best_mi"], result["mi"])
+
+    def _end(self, why: str) -> None:
+        state = self.trainer.state
+        state["aggressive"] = False
+        self.trainer.log_info(f"aggressive phase over at step {state['step']} ({why}; "
+                              f"{state['inner_steps']} encoder-only steps in all)")
