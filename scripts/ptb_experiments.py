@@ -99,9 +99,13 @@ def showcase(row: dict, args: argparse.Namespace) -> dict:
     run = str(Path(args.out) / row["run"])
     out = {}
     for key, command in {
-        "samples": ["textvae", "-q", "sample", run, "-n", "8", "--seed", "0", "--strategy", "greedy"],
+        # Nucleus sampling and beam search: greedy decoding of models this
+        # briefly trained falls into loops ("of the <unk> of the <unk> ...").
+        "samples": ["textvae", "-q", "sample", run, "-n", "8", "--seed", "0", "--top-p", "0.9"],
+        "reconstructions": ["textvae", "-q", "reconstruct", run, "the company said it expects to report a loss",
+                            "he was n't sure what to do", "--strategy", "beam", "--beam-size", "5"],
         "interpolation": ["textvae", "-q", "interpolate", run, "the company said it expects to report a loss",
-                          "he was n't sure what to do", "--steps", "6"],
+                          "he was n't sure what to do", "--steps", "6", "--strategy", "beam", "--beam-size", "5"],
         "completions": ["textvae", "-q", "complete", run, "the company said", "-n", "5", "--seed", "0"],
     }.items():
         out[key] = {"command": " ".join(f'"{c}"' if " " in c else c for c in command),
@@ -146,7 +150,7 @@ def write_results(rows: list[dict], extra: dict, args: argparse.Namespace) -> No
                          f"{fmt(p.get('ppl'))} | {fmt(p.get('kl'))} | {fmt(p.get('mi'))} | {fmt(p.get('au'))} |")
     if extra:
         lines += ["", f"## The best VAE ({extra['run']}): real output", ""]
-        for key in ("samples", "interpolation", "completions"):
+        for key in ("samples", "reconstructions", "interpolation", "completions"):
             lines += [f"`{extra[key]['command']}`", "", "```", *extra[key]["output"], "```", ""]
     (results / "ptb.md").write_text("\n".join(lines) + "\n")
 
