@@ -76,7 +76,7 @@ def _mask_first(logits: Tensor, prefix_len: Tensor, position: int, ids: tuple[in
     if not ids or not bool(rows.any()):
         return logits
     masked = logits.clone()
-    masked[rows.nonzero().squeeze(1).unsqueeze(1), torch.tensor(ids, device=logits.device)] = float("-inf")
+    masked[rows.nonzero(), torch.tensor(ids, device=logits.device)] = float("-inf")  # (k, 1) x (m,) cells
     return masked
 
 

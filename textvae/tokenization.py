@@ -59,18 +59,19 @@ class Tokenizer:
         """Ids that continue the word before them (``##ing`` in WordPiece, a
         byte-level BPE piece without its leading space, ...): the ones whose
         text joins the previous word with no space and starts with a letter, a
-        digit or a non-ASCII character (a byte of an accented letter). Found by decoding each id after a whole word, so it holds for
-        any tokenizer; a completion of ``"the man"`` excludes them as its
-        first token so that it does not turn "man" into "manner"."""
+        digit or a non-ASCII character (a byte of an accented letter). Found by
+        decoding each id after a whole word, so it holds for any tokenizer; a
+        completion of ``"the man"`` excludes them as its first token so that it
+        does not turn "man" into "manner"."""
         anchor = self.encode("the")
         if not anchor:
             return ()
+        candidates = [i for i in range(self.vocab_size) if i not in self.frame_ids and i != self.unk_id]
+        texts = self.backend.decode_batch([anchor + [i] for i in candidates], skip_special_tokens=False)
         pieces = []
-        for token_id in range(self.vocab_size):
-            if token_id in self.frame_ids or token_id == self.unk_id:
-                continue
-            text = self.backend.decode(anchor + [token_id], skip_special_tokens=False)
-            rest = text.lstrip()[len("the"):] if text.lstrip().startswith("the") else ""
+        for token_id, text in zip(candidates, texts):
+            text = text.lstrip()
+            rest = text[len("the"):] if text.startswith("the") else ""
             if rest[:1].isalnum() or rest[:1] and not rest[0].isascii() and not rest[0].isspace():
                 pieces.append(token_id)  # letters, digits, and the non-ASCII bytes of a letter
         return tuple(pieces)

@@ -91,6 +91,9 @@ class Trainer:
             "plateau_best": math.inf, "bad_evals": 0, "since_best": 0, "decays": 0,
             "saved_best": math.inf, "collapse_streak": 0, "collapse_warned": False, "finished": False,
             "stop_reason": None, "aggressive": train_config.aggressive, "aggressive_best_mi": -math.inf,
+            # Training figures summed since the last log line (its mean), kept
+            # here so a resumed run logs exactly what an uninterrupted one does.
+            "log_sums": {}, "log_steps": 0,
         }
         # A signal handler records what this process received; the loop stops on
         # the signal that any rank received, agreed at each step (torchrun
@@ -161,12 +164,10 @@ class Trainer:
             logs = self.step_fn(batch.to(self.device), beta)
             state["step"] += 1
             state["batch"] += 1
-            # The log line is the mean since the last one; the sums are part of
-            # the state, so a resumed run logs exactly what an uninterrupted one does.
-            window = state.setdefault("log_sums", {})
+            window = state["log_sums"]
             for key, value in logs.items():
                 window[key] = window.get(key, 0.0) + value
-            state["log_steps"] = state.get("log_steps", 0) + 1
+            state["log_steps"] += 1
             progress.update(1)
             progress.set_postfix(rec=f"{logs['rec']:.2f}", kl=f"{logs['kl']:.2f}", beta=f"{beta:.3f}", refresh=False)
             if state["step"] % config.log_every == 0:
