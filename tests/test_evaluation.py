@@ -301,6 +301,9 @@ def test_eval_prints_the_table_and_writes_the_figures(evaluated):
     assert json.loads(json_file.read_text()) == stored
     assert EVAL_KEYS <= set(stored)
     assert stored["sentences"] == len(TEST)
+    # Provenance: the command as typed and what ran it.
+    assert stored["command"].startswith(f"textvae -q eval {run} --data ") and "--iw-samples 5" in stored["command"]
+    assert stored["device"].startswith("cpu, ") and stored["device"].endswith(" threads")
     from textvae.tokenization import Tokenizer
 
     tok = Tokenizer.load(run / "tokenizer")

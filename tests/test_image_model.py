@@ -163,6 +163,8 @@ def test_cli_end_to_end(cli, image_run, mnist_dir, tmp_path):
     assert figures["images"] == 16 and figures["iw_samples"] == 4
     stored = json.loads((image_run / "eval_test.json").read_text())
     assert figures == stored == json.loads((tmp_path / "e.json").read_text())
+    assert figures["command"].startswith("textvae mnist eval ") and "--iw-samples 4" in figures["command"]
+    assert figures["device"].startswith("cpu, ")
     assert figures["iw_nll"] <= -figures["elbo"] + 5  # IW with 4 samples: close to or below the 1-sample bound
     for command in (["sample", "-n", "4"], ["reconstruct", "-n", "4"], ["interpolate", "--pairs", "2", "--steps", "3"],
                     ["latent"]):

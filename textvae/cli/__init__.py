@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from typing import Optional
 
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list[str]] = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
+    args.invocation = "textvae " + shlex.join(sys.argv[1:] if argv is None else argv)  # recorded in result files
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING if args.quiet else logging.INFO,
                         format="textvae: %(message)s")
     for noisy in ("datasets", "transformers", "httpx", "huggingface_hub", "filelock", "fsspec"):

@@ -47,7 +47,7 @@ def _eval(args: argparse.Namespace) -> None:
     from ..data import load_splits, read_texts
     from ..evaluation.text_eval import EvalSettings, evaluate_text, format_table
     from ..model import TextVAE
-    from ..training.trainer import resolve_device
+    from ..training.trainer import describe_device, resolve_device
 
     if args.iw_samples < 1 or args.iw_chunk < 1 or args.batch_size < 1 or args.samples < 1:
         raise TextVAEError("--iw-samples, --iw-chunk, --batch-size and --samples must be >= 1")
@@ -60,6 +60,8 @@ def _eval(args: argparse.Namespace) -> None:
     settings = EvalSettings(args.iw_samples, args.iw_chunk, args.batch_size, args.samples, args.seed, args.precision)
     result = evaluate_text(model, split, settings, device)
     result["data"] = args.data
+    result["device"] = describe_device(device)
+    result["command"] = args.invocation
     print(format_table(result))
     text = json.dumps(result, indent=2) + "\n"
     _write_atomic(Path(args.run) / f"eval_{args.split}.json", text)

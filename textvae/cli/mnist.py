@@ -37,7 +37,7 @@ from ..image.data import is_binary, load_images, load_split_dir
 from ..image.model import CONFIG_FILE, ConvVAE
 from ..image.plots import save_grid, save_pairs, save_scatter
 from ..training.checkpoint import find_checkpoint
-from ..training.trainer import Trainer, resolve_device
+from ..training.trainer import Trainer, describe_device, resolve_device
 
 log = logging.getLogger("textvae")
 
@@ -255,6 +255,7 @@ def _eval(args: argparse.Namespace) -> int:
         "elbo": result["elbo"], "rec": result["rec"], "kl": result["kl"], "active_units": result["au"],
         "latent_dim": model.latent_dim, "mi": result["mi"], "unit": "nats per image",
         "seconds": {"elbo": round(elbo_seconds, 1), "iw_nll": round(time.time() - started - elbo_seconds, 1)},
+        "device": describe_device(model.device), "command": args.invocation,
     }
     text = json.dumps(result, indent=2) + "\n"
     name = f"eval_{args.split}" + (f"_limit{args.limit}_seed{args.seed}" if args.limit else "") + ".json"

@@ -55,6 +55,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def describe_device(device: torch.device) -> str:
+    """What ran a job, for result files: "cpu, 2 threads" or "cuda:0, NVIDIA H200"."""
+    if device.type == "cuda":
+        return f"{device}, {torch.cuda.get_device_name(device)}"
+    return f"{device}, {torch.get_num_threads()} threads"
+
+
 def autocast_context(device: torch.device, precision: str):
     """bf16 autocast on CPU (AMX) and CUDA; fp32 otherwise."""
     if precision == "bf16":
