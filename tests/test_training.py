@@ -156,3 +156,26 @@ def test_training_log_lines_average_over_their_interval(word_tokenizer, tmp_path
     assert [r["step"] for r in logged] == [4, 8]
     for record, window in zip(logged, (seen[:4], seen[4:])):
         assert record["rec"] == pytest.approx(sum(s["rec"] for s in window) / 4)
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd"])
+def test_the_optimiser_is_fused_and_updates_like_the_plain_one(name):
+    from textvae.config import TrainConfig
+    from textvae.training.trainer import build_optimizer
+
+    torch.manual_seed(0)
+    fused_model, plain_model = torch.nn.Linear(8, 4), torch.nn.Linear(8, 4)
+    plain_model.load_state_dict(fused_model.state_dict())
+    config = TrainConfig(optimizer=name, lr=0.01, momentum=0.9 if name == "sgd" else 0.0)
+    fused = build_optimizer(fused_model, config)
+    assert fused.defaults["fused"] is True
+    plain = (torch.optim.SGD(plain_model.parameters(), lr=0.01, momentum=0.9) if name == "sgd"
+             else torch.optim.Adam(plain_model.parameters(), lr=0.01))
+    x = torch.randn(16, 8)
+    for _ in range(3):
+        for model, optimizer in ((fused_model, fused), (plain_model, plain)):
+            optimizer.zero_grad()
+            model(x).pow(2).sum().backward()
+            optimizer.step()
+    for a, b in zip(fused_model.parameters(), plain_model.parameters()):
+        torch.testing.assert_close(a, b)

@@ -69,11 +69,20 @@ def autocast_context(device: torch.device, precision: str):
     return contextlib.nullcontext
 
 
+FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam or SGD with torch's fused kernels: one pass over each tensor per
+    step instead of about ten elementwise ones. On the 8.8M-parameter PTB
+    model an Adam step takes 6.6 ms instead of 53 at one CPU thread, a sixth
+    of a whole training step saved (scripts/benchmark.py)."""
     params = [p for p in model.parameters() if p.requires_grad]
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype in FUSED_DTYPES for p in params)
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                               fused=fused)
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
 
 
 class Trainer:
