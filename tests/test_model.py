@@ -190,3 +190,23 @@ def test_from_pretrained_rejects_what_is_not_a_run(word_tokenizer, tmp_path, dam
 def test_unknown_encoder_name_raises(word_tokenizer):
     with pytest.raises(TextVAEError, match="model.encoder"):
         TextVAE(tiny_config(model={"encoder": "gru"}), word_tokenizer)
+
+
+def test_dropout_keeps_one_minus_p_scales_the_kept_and_is_the_identity_in_eval():
+    from textvae.nn.dropout import Dropout
+
+    torch.manual_seed(0)
+    layer = Dropout(0.3)
+    x = torch.rand(400, 500) + 0.5  # no zeros of its own
+    x.requires_grad_(True)
+    y = layer(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.005
+    torch.testing.assert_close(y[kept], (x / 0.7)[kept])
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() / 0.7)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer(x.bfloat16()).dtype == torch.bfloat16
+    layer.eval()
+    assert layer(x) is x
+    assert Dropout(1.0)(x).abs().sum() == 0

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from ..config import ModelConfig
+from .dropout import Dropout
 
 
 class LSTMEncoder(nn.Module):
@@ -19,7 +20,7 @@ class LSTMEncoder(nn.Module):
         super().__init__()
         width = config.encoder_width
         self.embedding = nn.Embedding(vocab_size, config.embed_dim, padding_idx=pad_id)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.lstm = nn.LSTM(config.embed_dim, width, config.encoder_layers, batch_first=True,
                             bidirectional=config.bidirectional,
                             dropout=config.dropout if config.encoder_layers > 1 else 0.0)
@@ -61,7 +62,7 @@ class LSTMDecoder(nn.Module):
         self.latent_in_state = latent > 0 and config.latent_to_decoder in ("init", "both")
         self.layers, self.hidden_dim = config.decoder_layers, config.hidden_dim
         self.embedding = nn.Embedding(vocab_size, config.embed_dim, padding_idx=pad_id)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         input_dim = config.embed_dim + (latent if self.latent_in_input else 0)
         self.lstm = nn.LSTM(input_dim, config.hidden_dim, config.decoder_layers, batch_first=True,
                             dropout=config.dropout if config.decoder_layers > 1 else 0.0)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ModelConfig
+from .dropout import Dropout
 from ..errors import TextVAEError
 
 State = dict[str, Any]
@@ -46,7 +47,7 @@ class Embedder(nn.Module):
         self.kind, self.max_positions, self.width = config.positions, config.max_positions, width
         if self.kind == "learned":
             self.positions = nn.Embedding(config.max_positions, width)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(self, tokens: Tensor, offset: int = 0, extra: Optional[Tensor] = None) -> Tensor:
         """tokens (B, T) at positions offset.., plus ``extra`` (B, W) on every one -> (B, T, W)."""
@@ -72,7 +73,7 @@ class SelfAttention(nn.Module):
         self.heads, self.head_dim, self.dropout = heads, width // heads, dropout
         self.qkv = nn.Linear(width, 3 * width)
         self.out = nn.Linear(width, width)
-        self.residual_dropout = nn.Dropout(dropout)
+        self.residual_dropout = Dropout(dropout)
 
     def forward(self, x: Tensor, mask: Optional[Tensor], past: Optional[tuple[Tensor, Tensor]] = None
                 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
@@ -96,7 +97,7 @@ class Block(nn.Module):
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
         self.attention = SelfAttention(width, heads, dropout)
-        self.mlp = nn.Sequential(nn.Linear(width, ffn_dim), nn.GELU(), nn.Linear(ffn_dim, width), nn.Dropout(dropout))
+        self.mlp = nn.Sequential(nn.Linear(width, ffn_dim), nn.GELU(), nn.Linear(ffn_dim, width), Dropout(dropout))
 
     def forward(self, x: Tensor, mask: Optional[Tensor], past: Optional[tuple[Tensor, Tensor]] = None
                 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:

@@ -59,7 +59,8 @@ def describe_device(device: torch.device) -> str:
     """What ran a job, for result files: "cpu, 2 threads" or "cuda:0, NVIDIA H200"."""
     if device.type == "cuda":
         return f"{device}, {torch.cuda.get_device_name(device)}"
-    return f"{device}, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"{device}, {threads} thread{'s' if threads != 1 else ''}"
 
 
 def autocast_context(device: torch.device, precision: str):
