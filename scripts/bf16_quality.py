@@ -25,7 +25,7 @@ def run(data: str, out: Path, precision: str, args: argparse.Namespace) -> dict:
                "--set", f"train.precision={precision}", "--set", f"train.max_steps={args.steps}",
                "--set", f"train.eval_every={args.steps}", "--set", f"train.seed={args.seed}"]
     start = time.time()
-    subprocess.run(command, check=True)
+    subprocess.run([sys.executable, "-m", *command], check=True)  # this interpreter's textvae, venv active or not
     seconds = time.time() - start
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     valid = [r for r in records if r["split"] == "valid"][-1]
