@@ -126,10 +126,13 @@ def write_results(rows: list[dict], extra: dict, args: argparse.Namespace) -> No
              "embedding 256, LSTM 256/256, latent 32, batch 32 (`--config ptb-lstm`). NLL by importance weighting "
              f"with {args.iw_samples} samples per sentence; PPL = exp(total NLL / tokens incl. eos). All figures "
              "per sentence in nats. Produced by `python scripts/ptb_experiments.py` on 2 CPU cores; where the eval time "
-             "says GPU, the test evaluation ran on a lent NVIDIA H200 with the command given below (`eval_test.json` "
-             "of each run records its device; the one run evaluated on both, bn-vae, gave 117.633 there and 117.641 "
-             "on the CPU). On a CPU the same evaluation is `textvae eval runs/ptb/NAME --data ../shared/data/ptb "
-             "--iw-samples 500` (about 20 minutes per run at 2 threads).", "",
+             "says GPU, the test evaluation ran on a GPU with the command given below (`eval_test.json` of each run "
+             "records its device and command; `results/ptb_bn-vae_eval_test_k500_h200.json` is a GPU evaluation of a "
+             "run also evaluated on the CPU, for comparison). On a CPU the same evaluation is `textvae eval "
+             "runs/ptb/NAME --data ../shared/data/ptb --iw-samples 500 --precision bf16`.", "",
+             "A rerun with the code of another commit gives statistically equivalent, not bit-identical, figures "
+             "where the code's random draws or kernels changed (e.g. the dropout masks and fused optimiser kernels "
+             "added after these runs).", "",
              BUDGET_NOTE, "",
              "| run | what | NLL | PPL | ELBO | rec | KL | MI | AU | BLEU | distinct-2 | train time | eval time |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -179,3 +179,21 @@ def test_the_optimiser_is_fused_and_updates_like_the_plain_one(name):
             optimizer.step()
     for a, b in zip(fused_model.parameters(), plain_model.parameters()):
         torch.testing.assert_close(a, b)
+
+
+def test_a_checkpoint_of_an_unfused_optimiser_resumes_with_the_fused_kernels(tmp_path):
+    from textvae.config import TrainConfig
+    from textvae.training.checkpoint import load_checkpoint, save_checkpoint
+    from textvae.training.trainer import build_optimizer
+
+    model = torch.nn.Linear(4, 2)
+    old = torch.optim.Adam(model.parameters(), lr=0.01)  # as written before the fused kernels
+    model(torch.randn(3, 4)).sum().backward()
+    old.step()
+    save_checkpoint(tmp_path, model, old, {"step": 1})
+    assert old.param_groups[0]["fused"] is None
+    resumed = build_optimizer(model, TrainConfig(lr=0.01))
+    assert load_checkpoint(find_checkpoint(tmp_path), model, resumed) == {"step": 1}
+    assert resumed.param_groups[0]["fused"] is True
+    torch.testing.assert_close(resumed.state[model.weight]["exp_avg"], old.state[model.weight]["exp_avg"])
+    resumed.step()  # the fused kernel accepts the restored state

@@ -18,7 +18,7 @@ class Dropout(nn.Dropout):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0.0:
             return x
-        if x.device.type != "cpu" or self.p == 1.0:  # CUDA's own dropout kernel is fused
+        if x.device.type != "cpu" or self.p == 1.0 or self.inplace:  # CUDA's own dropout kernel is fused
             return super().forward(x)
         keep = torch.rand(x.shape, device=x.device) >= self.p  # float32 uniforms whatever x's dtype
         return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))

@@ -90,6 +90,11 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     """Restore weights, optimiser and RNG; return the trainer state."""
     load_weights(model, path / "model.safetensors")
     saved = torch.load(path / "optimizer.pt", weights_only=True)
+    # The kernel choice is this process's, not the checkpoint's: a run saved
+    # before the fused kernels (or on a device without them) resumes with
+    # what build_optimizer chose here.
+    for group in saved["optimizer"]["param_groups"]:
+        group["fused"] = optimizer.defaults.get("fused")
     optimizer.load_state_dict(saved["optimizer"])
     set_rng_state(saved["rng"])
     return json.loads((path / "state.json").read_text())

@@ -58,7 +58,8 @@ def resolve_device(name: str) -> torch.device:
 def describe_device(device: torch.device) -> str:
     """What ran a job, for result files: "cpu, 2 threads" or "cuda:0, NVIDIA H200"."""
     if device.type == "cuda":
-        return f"{device}, {torch.cuda.get_device_name(device)}"
+        index = torch.cuda.current_device() if device.index is None else device.index
+        return f"cuda:{index}, {torch.cuda.get_device_name(index)}"
     threads = torch.get_num_threads()
     return f"{device}, {threads} thread{'s' if threads != 1 else ''}"
 
