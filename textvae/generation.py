@@ -72,8 +72,10 @@ def _next_logits(decoder: nn.Module, hidden: Tensor, forbidden: tuple[int, ...])
 def _mask_first(logits: Tensor, prefix_len: Tensor, position: int, ids: tuple[int, ...]) -> Tensor:
     """logits (R, V) with ``ids`` at -inf in the rows whose prefix (R,) is
     non-empty and ends just before ``position``."""
+    if not ids:  # the usual case: no work in the decoding loop
+        return logits
     rows = (prefix_len == position) & (prefix_len > 0)
-    if not ids or not bool(rows.any()):
+    if not bool(rows.any()):
         return logits
     masked = logits.clone()
     masked[rows.nonzero(), torch.tensor(ids, device=logits.device)] = float("-inf")  # (k, 1) x (m,) cells
