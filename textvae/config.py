@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import types
 import typing
@@ -154,6 +155,14 @@ class TrainConfig:
     momentum: float = 0.0
     weight_decay: float = 0.0
     grad_clip: float = 5.0  # max gradient norm; 0 disables
+    # Learning-rate schedule over the run (training/schedule.py): "plateau"
+    # decays by lr_decay when validation stalls; "cosine" falls from lr to 0
+    # over the run (Loshchilov & Hutter 2017). The run's length is max_steps,
+    # epochs or time_budget, whichever ends first.
+    lr_schedule: str = "plateau"
+    lr_warmup_steps: int = 0  # linear warm-up from 0 at the start (and after AE pretraining)
+    lr_final_fraction: float = 0.0  # plateau: over this last fraction of the run the lr falls linearly to 0
+    time_budget: float = 0.0  # minutes of training (validation included), counted across resumes; 0: none
     lr_decay: float = 0.5  # multiply the lr by this when validation stops improving
     lr_patience: int = 2  # evaluations without improvement before a decay
     max_lr_decays: int = 5  # stop after this many decays; 0: never decay
@@ -185,8 +194,12 @@ class TrainConfig:
                      "num_threads", "ae_pretrain_epochs", "aggressive_eval_every", "aggressive_max_steps"):
             _check(getattr(self, name) >= 0, f"train.{name} must be >= 0")
         _choice("train.optimizer", self.optimizer, ("adam", "sgd"))
+        _choice("train.lr_schedule", self.lr_schedule, ("plateau", "cosine"))
+        _check(self.lr_warmup_steps >= 0, "train.lr_warmup_steps must be >= 0")
+        _check(0.0 <= self.lr_final_fraction < 1.0, "train.lr_final_fraction must be in [0, 1)")
+        _check(self.time_budget >= 0.0 and math.isfinite(self.time_budget), "train.time_budget must be >= 0 minutes")
         _choice("train.precision", self.precision, ("fp32", "bf16"))
-        _check(self.lr > 0.0, "train.lr must be > 0")
+        _check(self.lr > 0.0 and math.isfinite(self.lr), "train.lr must be a finite number > 0")
         _check(0.0 < self.lr_decay <= 1.0, "train.lr_decay must be in (0, 1]")
         _check(self.grad_clip >= 0.0, "train.grad_clip must be >= 0")
         _check(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),

@@ -41,7 +41,7 @@ class VAEOutput:
         return -(self.rec + self.kl)
 
 
-def kl_weight(config: ObjectiveConfig, step: int, total_steps: int) -> float:
+def kl_weight(config: ObjectiveConfig, step: int, total_steps: int, fraction: Optional[float] = None) -> float:
     """The KL weight beta at optimisation ``step`` (0-based).
 
     - linear: from ``kl_start`` to ``kl_weight`` over ``kl_warmup_steps``
@@ -50,6 +50,8 @@ def kl_weight(config: ObjectiveConfig, step: int, total_steps: int) -> float:
     - cyclical: Fu et al. 2019 ("Cyclical Annealing Schedule"): ``kl_cycles``
       cycles over ``total_steps``; in each, the weight rises linearly from 0 to
       ``kl_weight`` during the first ``kl_cycle_ratio`` of the cycle, then holds.
+      With ``fraction`` (the part of the run done, for a time budget) the
+      cycles divide the run by that fraction instead of by steps.
     """
     top = config.kl_weight
     if config.kl_schedule == "constant":
@@ -61,6 +63,9 @@ def kl_weight(config: ObjectiveConfig, step: int, total_steps: int) -> float:
         midpoint = config.kl_warmup_steps / 2
         x = -config.kl_logistic_k * (step - midpoint)
         return top / (1.0 + math.exp(min(x, 700.0)))
+    if config.kl_schedule == "cyclical" and fraction is not None:
+        position = (min(fraction, 1.0 - 1e-9) * config.kl_cycles) % 1.0
+        return top * min(1.0, position / config.kl_cycle_ratio)
     if config.kl_schedule == "cyclical":
         cycle_length = max(1, math.ceil(max(total_steps, 1) / config.kl_cycles))
         position = (step % cycle_length) / cycle_length

@@ -35,7 +35,23 @@ def register(commands) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field by its dotted name, e.g. model.latent_dim=16 (repeatable)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its last checkpoint")
+    p.add_argument("--time-budget", type=float, metavar="MINUTES",
+                   help="train for this many minutes (validation included; sets train.time_budget); epochs then "
+                        "no longer end the run unless train.epochs or train.max_steps is given with --set")
     p.set_defaults(handler=run)
+
+
+def budget_overrides(args: argparse.Namespace) -> list[str]:
+    """``--set`` strings for ``--time-budget``: the budget, and no epoch limit
+    unless the command line sets one."""
+    if args.time_budget is None:
+        return []
+    import math
+
+    if not (math.isfinite(args.time_budget) and args.time_budget > 0):
+        raise TextVAEError(f"--time-budget must be a positive number of minutes, got {args.time_budget:g}")
+    limits = any(o.split("=", 1)[0].strip() in ("train.epochs", "train.max_steps") for o in args.overrides)
+    return [f"train.time_budget={args.time_budget!r}"] + ([] if limits else ["train.epochs=1000000"])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,7 +79,8 @@ def _new_run(args: argparse.Namespace, cuda_device) -> Trainer:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise TextVAEError(f"{out} already exists; continue it with --resume {out} or choose another --out")
     distributed.barrier()  # every rank has looked at --out before rank 0 creates it
-    overrides = list(args.overrides) + ([f"tokenizer.spec={args.tokenizer}"] if args.tokenizer else [])
+    overrides = list(args.overrides) + ([f"tokenizer.spec={args.tokenizer}"] if args.tokenizer else []) \
+        + budget_overrides(args)
     config = build_config(args.config, overrides, base={"data": {"path": args.data}})
     torch.manual_seed(config.train.seed)
     texts = read_texts(args.data, ["train", "valid"], config.data.text_column)
@@ -99,7 +116,7 @@ def _resume(args: argparse.Namespace, cuda_device) -> Trainer:
     if any(not o.startswith("train.") for o in args.overrides):
         raise TextVAEError("with --resume only train.* fields may be overridden (e.g. train.max_steps, train.epochs)")
     raw = json.loads((run_dir / CONFIG_FILE).read_text())
-    config = Config.from_dict(apply_overrides(raw, args.overrides))
+    config = Config.from_dict(apply_overrides(raw, list(args.overrides) + budget_overrides(args)))
     data = args.data or config.data.path
     tokenizer = Tokenizer.load(run_dir / TOKENIZER_DIR)
     model = TextVAE(config, tokenizer, saved_dir=run_dir)  # the checkpoint supplies every weight

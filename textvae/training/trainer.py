@@ -30,6 +30,7 @@ from ..evaluation.elbo import evaluate_elbo
 from ..objectives import elbo_loss, kl_weight
 from . import distributed
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, save_weights
+from .schedule import lr_factor, progress
 
 log = logging.getLogger("textvae")
 
@@ -64,9 +65,30 @@ def describe_device(device: torch.device) -> str:
     return f"{device}, {threads} thread{'s' if threads != 1 else ''}"
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 runs natively here: CUDA, or a CPU with AVX-512 BF16 or
+    AMX. Elsewhere (e.g. an AVX2-only EPYC) oneDNN has no bf16 LSTM and its
+    bf16 matrix products emulate: 5x slower than fp32 (measured 8 vs 43
+    GFLOP/s at one thread on a 256 x 10,003 projection)."""
+    if device.type == "cuda":
+        return True
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def effective_precision(device: torch.device, precision: str) -> str:
+    """``precision`` as it runs on ``device``: bf16 falls back to fp32 where
+    the hardware has no bf16 (said once in the log)."""
+    if precision == "bf16" and not native_bf16(device):
+        if not getattr(effective_precision, "_warned", False):
+            effective_precision._warned = True
+            log.info("bf16 asked for, but this CPU has no native bf16 (no AVX-512 BF16 or AMX): running fp32")
+        return "fp32"
+    return precision
+
+
 def autocast_context(device: torch.device, precision: str):
-    """bf16 autocast on CPU (AMX) and CUDA; fp32 otherwise."""
-    if precision == "bf16":
+    """bf16 autocast on CUDA and CPUs with native bf16; fp32 otherwise."""
+    if effective_precision(device, precision) == "bf16":
         return partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext
 
@@ -112,7 +134,11 @@ class Trainer:
             # Training figures summed since the last log line (its mean), kept
             # here so a resumed run logs exactly what an uninterrupted one does.
             "log_sums": {}, "log_steps": 0,
+            # Wall-clock seconds spent in fit() over all sessions of the run
+            # (train.time_budget), and where the current phase began.
+            "seconds": 0.0, "phase_start_seconds": 0.0, "last_eval_step": -1,
         }
+        self._clock: Optional[tuple[float, float]] = None  # (monotonic at fit start, state seconds then)
         # A signal handler records what this process received; the loop stops on
         # the signal that any rank received, agreed at each step (torchrun
         # forwards a signal to every worker, but not at the same step).
@@ -149,6 +175,7 @@ class Trainer:
         """Whether max_steps, early stopping or the lr-decay budget ends the run."""
         config, state = self.config, self.state
         return bool(config.max_steps and state["step"] >= config.max_steps
+                    or config.time_budget and state["seconds"] >= config.time_budget * 60
                     or config.early_stop_patience and state["since_best"] >= config.early_stop_patience
                     or config.max_lr_decays and state["decays"] > config.max_lr_decays)
 
@@ -156,6 +183,7 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         config, state = self.config, self.state
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self._clock = (time.monotonic(), state["seconds"])
         try:
             while not state["finished"] and state["epoch"] < config.epochs:
                 self._run_epoch()
@@ -178,6 +206,7 @@ class Trainer:
         progress = self._progress(epoch)
         for batch in self.train_data.iterate(epoch, state["batch"]):
             beta = self.current_kl_weight()
+            self._apply_lr()
             distributed.seed_step(config.seed, state["step"])
             logs = self.step_fn(batch.to(self.device), beta)
             state["step"] += 1
@@ -191,13 +220,20 @@ class Trainer:
             if state["step"] % config.log_every == 0:
                 logs = distributed.mean_over_ranks({k: v / state["log_steps"] for k, v in window.items()})
                 state["log_sums"], state["log_steps"] = {}, 0
-                self._log({"split": "train", "kl_weight": beta, "lr": state["lr"], **logs})
+                lr = self.optimizer.param_groups[0]["lr"]
+                self._log({"split": "train", "kl_weight": beta, "lr": lr, **logs})
             every = config.aggressive_eval_every if state["aggressive"] and config.aggressive_eval_every \
                 else config.eval_every
             if every and state["step"] % every == 0:
                 self.validate()
             if config.max_steps and state["step"] >= config.max_steps:
                 self._stop("max_steps")
+            state["seconds"] = self.elapsed()
+            if config.time_budget and not state["finished"] and self._budget_spent():
+                self.log_info(f"time budget of {config.time_budget:g} minutes spent at step {state['step']}")
+                self._stop("time_budget")
+                if state["last_eval_step"] != state["step"]:
+                    self.validate()  # the annealed end of the run competes for model.safetensors
             self._stop_signal = distributed.max_over_ranks(self._signal_received or 0) or None
             if state["step"] % config.checkpoint_every == 0 or state["finished"] or self._stop_signal:
                 self.checkpoint()
@@ -218,7 +254,38 @@ class Trainer:
     def current_kl_weight(self) -> float:
         if self.state["epoch"] < self.config.ae_pretrain_epochs:
             return 0.0  # Li et al. 2019: autoencoder pretraining ignores the KL term
-        return kl_weight(self.objective, self.state["step"] - self.state["phase_start"], self.total_steps)
+        # Under a time budget the cyclical schedule's cycles divide the budget.
+        fraction = self.progress() if self.config.time_budget else None
+        return kl_weight(self.objective, self.state["step"] - self.state["phase_start"], self.total_steps, fraction)
+
+    # ------------------------------------------------- time and schedule
+    def elapsed(self) -> float:
+        """Seconds of fit() over the whole run, this session's included."""
+        if self._clock is None:
+            return self.state["seconds"]
+        started, before = self._clock
+        return before + time.monotonic() - started
+
+    def _budget_spent(self) -> bool:
+        spent = self.elapsed() >= self.config.time_budget * 60
+        return bool(distributed.max_over_ranks(int(spent)))  # the ranks stop at the same step
+
+    def progress(self) -> float:
+        """Fraction of the current phase (the run, or the VAE phase after AE
+        pretraining) done, by steps or by the time budget."""
+        state, config = self.state, self.config
+        budget = config.time_budget * 60 - state["phase_start_seconds"] if config.time_budget else 0.0
+        return progress(state["step"] - state["phase_start"], self.total_steps - state["phase_start"],
+                        state["seconds"] - state["phase_start_seconds"], budget)
+
+    def _apply_lr(self) -> None:
+        """The optimiser's rate: the plateau-decayed base times the schedule's factor."""
+        state = self.state
+        lr = state["lr"] * lr_factor(self.config, state["step"] - state["phase_start"], self.progress())
+        if self.config.time_budget and distributed.is_distributed():
+            lr = distributed.from_main(lr)  # rank 0's clock sets every rank's rate
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
     def train_step(self, batch, beta: float, frozen: tuple = ()) -> dict[str, float]:
         """One optimiser step on the (floored, weighted) negative ELBO. The
@@ -252,13 +319,14 @@ class Trainer:
         result = distributed.from_main(self.evaluate())  # the ranks decide alike
         loss = -result["elbo"]
         self._log({"split": "valid", **result})
+        state["last_eval_step"] = state["step"]
         self._save_if_best(loss)
         if loss < state["plateau_best"] - 1e-4:
             state["plateau_best"], state["bad_evals"], state["since_best"] = loss, 0, 0
         else:
             state["bad_evals"] += 1
             state["since_best"] += 1
-            if config.max_lr_decays and state["bad_evals"] >= config.lr_patience > 0:
+            if config.lr_schedule == "plateau" and config.max_lr_decays and state["bad_evals"] >= config.lr_patience > 0:
                 state["bad_evals"] = 0
                 state["decays"] += 1
                 if state["decays"] > config.max_lr_decays:
@@ -327,6 +395,7 @@ class Trainer:
             distributed.broadcast_from_main(self.model.parameters())  # the ranks' random streams differ
             self.optimizer = build_optimizer(self.model, self.config)
             state["phase_start"], state["lr"] = state["step"], self.config.lr
+            state["phase_start_seconds"] = self.elapsed()
             state["plateau_best"], state["saved_best"] = math.inf, math.inf
             log.info("autoencoder pretraining done: decoder re-initialised")
 
@@ -341,8 +410,7 @@ class Trainer:
 
     def _set_lr(self, lr: float) -> None:
         self.state["lr"] = lr
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        self._apply_lr()
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.is_main:
