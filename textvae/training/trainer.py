@@ -229,7 +229,7 @@ class Trainer:
             if config.max_steps and state["step"] >= config.max_steps:
                 self._stop("max_steps")
             state["seconds"] = self.elapsed()
-            if config.time_budget and not state["finished"] and self._budget_spent():
+            if config.time_budget and not state["finished"] and self._budget_spent(state["seconds"]):
                 self.log_info(f"time budget of {config.time_budget:g} minutes spent at step {state['step']}")
                 self._stop("time_budget")
                 if state["last_eval_step"] != state["step"]:
@@ -266,8 +266,8 @@ class Trainer:
         started, before = self._clock
         return before + time.monotonic() - started
 
-    def _budget_spent(self) -> bool:
-        spent = self.elapsed() >= self.config.time_budget * 60
+    def _budget_spent(self, seconds: float) -> bool:
+        spent = seconds >= self.config.time_budget * 60
         return bool(distributed.max_over_ranks(int(spent)))  # the ranks stop at the same step
 
     def progress(self) -> float:
