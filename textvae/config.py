@@ -101,6 +101,12 @@ class ModelConfig:
     # trained with no --config never collapses. 0 disables (a plain VAE).
     bn_vae_gamma: float = 0.6
     delta: float = 0.0  # delta-VAE (Razavi et al. 2019) committed rate; 0 disables
+    # p(z) for sampling, completion and IW-NLL (prior.py): "normal" is N(0, I),
+    # the prior the VAE trains with; "gmm" a second-stage Gaussian mixture of
+    # prior_components fitted to the training sentences' posterior means after
+    # training (Dai & Wipf 2019; `textvae fit-prior RUN`).
+    prior: str = "normal"
+    prior_components: int = 64
 
     def __post_init__(self) -> None:
         for name in ("embed_dim", "hidden_dim", "encoder_layers", "decoder_layers", "num_heads",
@@ -111,6 +117,8 @@ class ModelConfig:
         _choice("model.latent_to_decoder", self.latent_to_decoder, ("init", "input", "both"))
         _choice("model.positions", self.positions, ("learned", "sinusoidal"))
         _choice("model.pooling", self.pooling, ("mean", "first", "attention"))
+        _choice("model.prior", self.prior, ("normal", "gmm"))
+        _check(self.prior_components >= 1, "model.prior_components must be >= 1")
         _choice("model.latent_injection", self.latent_injection, ("embedding", "memory", "both"))
         _check(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
         _check(0.0 <= self.word_dropout <= 1.0, "model.word_dropout must be in [0, 1]")

@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from .builtin import resolve_run
 from .config import Config
 from .data import TextBatch, collate
 from .errors import TextVAEError
@@ -23,6 +24,7 @@ from .latent import DiagonalGaussian, GaussianHead
 from .nn import build_decoder, build_encoder, check_names
 from .nn.output import token_log_likelihood
 from .objectives import VAEOutput, word_dropout
+from .prior import build_prior
 from .tokenization import Tokenizer
 from .training.checkpoint import load_weights, save_weights
 
@@ -45,6 +47,7 @@ class TextVAE(nn.Module):
             self.encoder = build_encoder(model, vocab, pad, saved_dir)
             self.posterior_head = GaussianHead(self.encoder.output_dim, model.latent_dim, model.logvar_min,
                                                model.logvar_max, model.bn_vae_gamma, model.delta)
+            self.prior = build_prior(model.prior, model.latent_dim, model.prior_components)
         self.decoder = build_decoder(model, vocab, pad, saved_dir)
         for module in self._backbones():
             module.check_tokenizer(tokenizer)
@@ -160,7 +163,9 @@ class TextVAE(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "TextVAE":
-        directory = Path(directory)
+        """A trained model from a run folder, or a built-in model by name
+        (``TextVAE.from_pretrained("wordnet")``; an existing path wins)."""
+        directory = resolve_run(directory)
         check_run_dir(directory)
         config = Config.load(directory / CONFIG_FILE)
         model = cls(config, Tokenizer.load(directory / TOKENIZER_DIR), saved_dir=directory)

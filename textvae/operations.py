@@ -13,7 +13,7 @@ from torch import Tensor
 from .data import TextBatch
 from .errors import TextVAEError
 from .generation import GenerationConfig, generate
-from .latent import DiagonalGaussian, standard_normal_log_prob
+from .latent import DiagonalGaussian
 
 
 def _generator(model, seed: Optional[int]) -> Optional[torch.Generator]:
@@ -34,12 +34,12 @@ def _decode(model, z: Optional[Tensor], n: int, settings: GenerationConfig, gene
 @torch.no_grad()
 def sample(model, n: int = 10, strategy: str = "sample", seed: Optional[int] = None,
            max_length: Optional[int] = None, **options) -> list[str]:
-    """n sentences: z ~ N(0, I), then decoded (sampled by default)."""
+    """n sentences: z from the model's prior (N(0, I), or its fitted mixture), then decoded (sampled by default)."""
     model.eval()
     generator = _generator(model, seed)
     z = None
     if model.latent_dim > 0:
-        z = torch.randn(n, model.latent_dim, generator=generator, device=model.device)
+        z = model.prior.sample(n, generator, model.device)
     return model.tokenizer.decode_batch(_decode(model, z, n, _settings(model, strategy, max_length, **options),
                                                 generator))
 
@@ -79,14 +79,15 @@ def posterior_given_prefix(model, prefix_ids: list[int], n: int, proposals: int 
     batch = TextBatch(framed, torch.tensor([framed.shape[1]], device=device), torch.zeros(1, dtype=torch.long))
     q = model.posterior(batch)  # (1, D)
     half = proposals // 2
-    from_prior = torch.randn(proposals - half, dim, generator=generator, device=device)
+    from_prior = model.prior.sample(proposals - half, generator, device)
     from_q = q.sample(half, generator=generator).squeeze(1)  # (half, D)
     z = torch.cat([from_prior, from_q])  # (K, D)
-    log_proposal = torch.logaddexp(standard_normal_log_prob(z), q.log_prob(z.unsqueeze(1)).squeeze(1)) - math.log(2)
+    log_prior = model.prior.log_prob(z)  # (K,)
+    log_proposal = torch.logaddexp(log_prior, q.log_prob(z.unsqueeze(1)).squeeze(1)) - math.log(2)
     inputs = torch.tensor([[tok.bos_id, *prefix_ids[:-1]]], device=device).expand(len(z), -1)
     targets = torch.tensor([prefix_ids], device=device).expand(len(z), -1)
     log_prefix = model.sequence_log_likelihood(inputs, targets, torch.ones_like(targets, dtype=torch.bool), z)
-    log_weights = standard_normal_log_prob(z) + log_prefix - log_proposal
+    log_weights = log_prior + log_prefix - log_proposal
     chosen = torch.multinomial(log_weights.softmax(0), n, replacement=True, generator=generator)
     return z[chosen]
 
@@ -150,3 +151,31 @@ def interpolate(model, start: str, end: str, steps: int = 7, method: str = "line
         z = slerp(means[0], means[1], t)
     settings = _settings(model, strategy, max_length, **options)
     return model.tokenizer.decode_batch(_decode(model, z, steps, settings, _generator(model, seed)))
+
+
+@torch.no_grad()
+def fit_prior(model, texts: list[str], components: Optional[int] = None, batch_size: int = 256,
+              seed: int = 0) -> dict[str, float]:
+    """Fit the second-stage mixture prior (prior.py) to the posterior means of
+    ``texts`` (the training sentences) and switch the model to it
+    (``model.prior=gmm``). Returns the fit's figures: mean log-density of the
+    means under the mixture and under N(0, I), in nats."""
+    import dataclasses
+
+    from .prior import GaussianMixturePrior
+    from .latent import standard_normal_log_prob
+
+    if model.latent_dim == 0:
+        raise TextVAEError("this model is a language model (latent_dim=0): it has no latent space")
+    texts = [t for t in texts if t.strip()]
+    if len(texts) < 2:
+        raise TextVAEError("fitting a prior needs at least 2 sentences")
+    components = min(components or model.config.model.prior_components, len(texts))
+    means = torch.cat([encode(model, texts[i:i + batch_size]).mean.float().cpu()
+                       for i in range(0, len(texts), batch_size)])  # (N, D)
+    prior = GaussianMixturePrior(model.latent_dim, components)
+    figures = prior.fit(means, generator=torch.Generator().manual_seed(seed))
+    model.prior = prior.to(model.device)
+    model.config.model = dataclasses.replace(model.config.model, prior="gmm", prior_components=components)
+    figures["normal_log_likelihood"] = float(standard_normal_log_prob(means).mean())
+    return figures

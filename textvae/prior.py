@@ -1,0 +1,162 @@
+"""Priors p(z) over the latent: the standard normal the VAE is trained with,
+and a second-stage Gaussian mixture fitted to the aggregate posterior.
+
+A latent that holds a whole sentence (a KL of tens of nats) leaves holes
+under N(0, I): regions the prior samples from but that no sentence encodes to,
+which decode to word salad. Two-stage VAEs (Dai & Wipf 2019, "Diagnosing and
+Enhancing VAE Models") and regularised autoencoders with ex-post density
+estimation (Ghosh et al. 2020, "From Variational to Deterministic
+Autoencoders") fit a second density to the codes of the training data and
+sample from that instead. Here it is a full-covariance Gaussian mixture over
+the posterior means, fitted by EM (Dempster et al. 1977) after training;
+``model.prior=gmm`` selects it for sampling, completion and the
+importance-weighted NLL (where log p(z) is then the mixture's density, so the
+NLL is that of the two-stage model).
+
+Both priors offer ``log_prob(z)`` ((..., D) -> (...), nats) and
+``sample(n, generator)`` ((n, D)); their state is buffers, saved with the
+model's weights.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from .errors import TextVAEError
+from .latent import LOG_2PI, standard_normal_log_prob
+
+
+class StandardNormalPrior(nn.Module):
+    """p(z) = N(0, I)."""
+
+    def __init__(self, latent_dim: int) -> None:
+        super().__init__()
+        self.latent_dim = latent_dim
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        return standard_normal_log_prob(z)
+
+    def sample(self, n: int, generator: Optional[torch.Generator] = None, device=None) -> Tensor:
+        return torch.randn(n, self.latent_dim, generator=generator, device=device)
+
+
+class GaussianMixturePrior(nn.Module):
+    """p(z) = sum_k w_k N(z; mu_k, L_k L_k^T), K components with full covariance."""
+
+    def __init__(self, latent_dim: int, components: int) -> None:
+        super().__init__()
+        self.latent_dim, self.components = latent_dim, components
+        self.register_buffer("log_weights", torch.full((components,), -math.log(components)))  # (K,)
+        self.register_buffer("means", torch.zeros(components, latent_dim))  # (K, D)
+        self.register_buffer("scale_tril", torch.eye(latent_dim).repeat(components, 1, 1))  # (K, D, D)
+        self.register_buffer("fitted", torch.zeros(()))  # 1 once fit() has run
+
+    def _check_fitted(self) -> None:
+        if not bool(self.fitted):
+            raise TextVAEError("the model's mixture prior (model.prior=gmm) is not fitted yet: "
+                               "run `textvae fit-prior RUN`")
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        self._check_fitted()
+        return mixture_log_prob(z, self.log_weights, self.means, self.scale_tril)
+
+    def sample(self, n: int, generator: Optional[torch.Generator] = None, device=None) -> Tensor:
+        self._check_fitted()
+        device = device or self.means.device
+        which = torch.multinomial(self.log_weights.exp().cpu(), n, replacement=True,
+                                  generator=generator if generator is None or generator.device.type == "cpu"
+                                  else None).to(device)  # (n,)
+        eps = torch.randn(n, self.latent_dim, 1, generator=generator, device=device)
+        return self.means[which] + (self.scale_tril[which] @ eps).squeeze(-1)
+
+    @torch.no_grad()
+    def fit(self, points: Tensor, iterations: int = 200, tolerance: float = 1e-5,
+            generator: Optional[torch.Generator] = None) -> dict[str, float]:
+        """EM on ``points`` (N, D), e.g. the posterior means of the training
+        sentences. Returns the final mean log-likelihood per point (nats)."""
+        log_weights, means, scale_tril, figures = fit_gaussian_mixture(points, self.components, iterations,
+                                                                       tolerance, generator)
+        self.log_weights.copy_(log_weights)
+        self.means.copy_(means)
+        self.scale_tril.copy_(scale_tril)
+        self.fitted.fill_(1.0)
+        return figures
+
+
+PRIORS = {"normal": StandardNormalPrior, "gmm": GaussianMixturePrior}
+
+
+def build_prior(kind: str, latent_dim: int, components: int) -> nn.Module:
+    if kind == "gmm":
+        return GaussianMixturePrior(latent_dim, components)
+    return StandardNormalPrior(latent_dim)
+
+
+def mixture_log_prob(z: Tensor, log_weights: Tensor, means: Tensor, scale_tril: Tensor) -> Tensor:
+    """log sum_k w_k N(z; mu_k, L_k L_k^T). z (..., D) -> (...)."""
+    shape = z.shape[:-1]
+    flat = z.reshape(-1, z.shape[-1]).to(means.dtype)  # (N, D)
+    per_component = torch.stack([_gaussian_log_prob(flat, means[k], scale_tril[k]) for k in range(len(means))], 1)
+    return torch.logsumexp(per_component + log_weights, dim=1).reshape(shape)  # (...)
+
+
+def _gaussian_log_prob(x: Tensor, mean: Tensor, scale_tril: Tensor) -> Tensor:
+    """log N(x; mean, L L^T) for x (N, D) -> (N,)."""
+    y = torch.linalg.solve_triangular(scale_tril, (x - mean).T, upper=False)  # (D, N)
+    log_det = 2.0 * torch.log(torch.diagonal(scale_tril)).sum()
+    return -0.5 * (y.pow(2).sum(0) + log_det + x.shape[1] * LOG_2PI)
+
+
+def fit_gaussian_mixture(points: Tensor, components: int, iterations: int = 200, tolerance: float = 1e-5,
+                         generator: Optional[torch.Generator] = None):
+    """EM for a full-covariance Gaussian mixture, in float64, k-means++ seeds
+    (Arthur & Vassilvitskii 2007). Each covariance gets 1e-4 of the data's mean
+    variance on its diagonal so that no component collapses onto a point.
+    Returns (log_weights (K,), means (K, D), scale_tril (K, D, D), figures)."""
+    x = points.detach().to(torch.float64).cpu()
+    n, dim = x.shape
+    if n < 2:
+        raise TextVAEError("fitting a mixture prior needs at least 2 sentences")
+    k = min(components, n)
+    floor = 1e-4 * float(x.var(0).mean()) + 1e-8
+    eye = torch.eye(dim, dtype=torch.float64)
+    means = _kmeans_plus_plus(x, k, generator)
+    covariance = torch.cov(x.T).reshape(dim, dim) + floor * eye
+    scale_tril = torch.linalg.cholesky(covariance).expand(k, dim, dim).clone()
+    log_weights = torch.full((k,), -math.log(k), dtype=torch.float64)
+    previous, steps = -math.inf, 0
+    for steps in range(1, iterations + 1):
+        # E step: responsibilities (N, K).
+        joint = torch.stack([_gaussian_log_prob(x, means[j], scale_tril[j]) for j in range(k)], 1) + log_weights
+        total = torch.logsumexp(joint, dim=1, keepdim=True)  # (N, 1)
+        likelihood = float(total.mean())
+        resp = (joint - total).exp()
+        # M step.
+        counts = resp.sum(0) + 1e-10  # (K,)
+        log_weights = torch.log(counts / n)
+        means = (resp.T @ x) / counts.unsqueeze(1)
+        for j in range(k):
+            centred = x - means[j]
+            cov = (centred * resp[:, j:j + 1]).T @ centred / counts[j] + floor * eye
+            scale_tril[j] = torch.linalg.cholesky(cov)
+        if likelihood - previous < tolerance * max(1.0, abs(likelihood)):
+            break
+        previous = likelihood
+    figures = {"log_likelihood": likelihood, "iterations": steps, "components": k, "points": n}
+    return log_weights.float(), means.float(), scale_tril.float(), figures
+
+
+def _kmeans_plus_plus(x: Tensor, k: int, generator: Optional[torch.Generator]) -> Tensor:
+    """k seeds, each drawn with probability proportional to its squared distance to the nearest seed so far."""
+    first = int(torch.randint(len(x), (1,), generator=generator))
+    seeds = [x[first]]
+    nearest = (x - seeds[0]).pow(2).sum(1)
+    for _ in range(1, k):
+        chosen = int(torch.multinomial((nearest / nearest.sum()).float(), 1, generator=generator))
+        seeds.append(x[chosen])
+        nearest = torch.minimum(nearest, (x - x[chosen]).pow(2).sum(1))
+    return torch.stack(seeds)
