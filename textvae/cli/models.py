@@ -9,7 +9,8 @@ import logging
 import os
 from pathlib import Path
 
-from ..builtin import PRETRAINED_DIR, builtin_names, model_card
+from .. import builtin
+from ..builtin import builtin_names, model_card
 from ..errors import TextVAEError
 
 log = logging.getLogger("textvae")
@@ -38,7 +39,7 @@ def register(commands) -> None:
 def _models(args: argparse.Namespace) -> None:
     names = builtin_names()
     if not names:
-        raise TextVAEError(f"no built-in models are installed (looked in {PRETRAINED_DIR})")
+        raise TextVAEError(f"no built-in models are installed (looked in {builtin.PRETRAINED_DIR})")
     for name in names:
         card = model_card(name)
         if args.json:
@@ -63,7 +64,7 @@ def _fit_prior(args: argparse.Namespace) -> None:
     run = Path(args.run)
     if not run.is_dir():
         raise TextVAEError(f"{run} is not a run directory (no such folder)")
-    if run.resolve().is_relative_to(PRETRAINED_DIR.resolve()):
+    if run.resolve().is_relative_to(builtin.PRETRAINED_DIR.resolve()):
         raise TextVAEError("built-in models are read-only; copy the folder to fit a new prior")
     if args.components is not None and args.components < 1 or args.max_sentences < 2:
         raise TextVAEError("need --components >= 1 and --max-sentences >= 2")

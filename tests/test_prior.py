@@ -1,0 +1,154 @@
+"""The second-stage mixture prior and the built-in models."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from textvae import builtin
+from textvae.errors import TextVAEError
+from textvae.evaluation.likelihood import importance_weighted_log_likelihood
+from textvae.latent import standard_normal_log_prob
+from textvae.model import TextVAE
+from textvae.operations import fit_prior
+from textvae.prior import GaussianMixturePrior, fit_gaussian_mixture, mixture_log_prob
+
+from conftest import TRAIN
+
+
+def two_clusters(n=2000, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(n // 4, 2, generator=g) * 0.3 + torch.tensor([4.0, 0.0])
+    b = torch.randn(3 * n // 4, 2, generator=g) @ torch.tensor([[1.0, 0.0], [0.8, 0.5]]) + torch.tensor([-2.0, 1.0])
+    return torch.cat([a, b])
+
+
+def test_em_recovers_a_two_component_mixture():
+    prior = GaussianMixturePrior(2, 2)
+    figures = prior.fit(two_clusters(), generator=torch.Generator().manual_seed(0))
+    order = prior.means[:, 0].argsort(descending=True)
+    assert torch.allclose(prior.means[order], torch.tensor([[4.0, 0.0], [-2.0, 1.0]]), atol=0.1)
+    assert torch.allclose(prior.log_weights[order].exp(), torch.tensor([0.25, 0.75]), atol=0.02)
+    covariance = prior.scale_tril[order[1]] @ prior.scale_tril[order[1]].T
+    assert torch.allclose(covariance, torch.tensor([[1.64, 0.4], [0.4, 0.25]]), atol=0.1)
+    assert figures["components"] == 2 and figures["iterations"] >= 2
+
+
+def test_mixture_density_matches_torch_distributions():
+    torch.manual_seed(0)
+    means, tril = torch.randn(3, 4), torch.tril(torch.randn(3, 4, 4)) * 0.3 + torch.eye(4)
+    weights = torch.tensor([0.2, 0.3, 0.5])
+    z = torch.randn(5, 7, 4)
+    reference = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(weights),
+        torch.distributions.MultivariateNormal(means, scale_tril=tril)).log_prob(z)
+    assert torch.allclose(mixture_log_prob(z, weights.log(), means, tril), reference, atol=1e-4)
+
+
+def test_samples_follow_the_fitted_mixture_and_an_unfitted_one_refuses():
+    prior = GaussianMixturePrior(2, 2)
+    with pytest.raises(TextVAEError, match="fit-prior"):
+        prior.sample(3)
+    prior.fit(two_clusters(), generator=torch.Generator().manual_seed(0))
+    z = prior.sample(20000, torch.Generator().manual_seed(1))
+    assert z.shape == (20000, 2)
+    assert float((z[:, 0] > 1.5).float().mean()) == pytest.approx(0.25, abs=0.02)
+    # Samples of the fit score as well as the data under it.
+    assert float(prior.log_prob(z).mean()) == pytest.approx(float(prior.log_prob(two_clusters()).mean()), abs=0.1)
+
+
+def test_fitting_a_model_prior_switches_sampling_and_the_nll_to_it(tiny_model, tmp_path):
+    texts = TRAIN * 4
+    figures = fit_prior(tiny_model, texts, components=3, seed=0)
+    assert tiny_model.config.model.prior == "gmm" and figures["points"] == len(texts)
+    assert figures["log_likelihood"] > figures["normal_log_likelihood"]  # the codes are far from N(0, I)'s bulk
+    # Sampling draws z from the mixture: near the codes, not from N(0, I).
+    from textvae import operations
+
+    drawn = []
+    decode = operations._decode
+    operations._decode = lambda model, z, *a, **k: drawn.append(z) or decode(model, z, *a, **k)
+    try:
+        tiny_model.sample(200, seed=0)
+    finally:
+        operations._decode = decode
+    codes = tiny_model.encode(texts).mean
+    assert (drawn[0].mean(0) - codes.mean(0)).abs().max() < 0.3 * codes.std(0).max() + 0.05
+    # The importance-weighted NLL uses log p(z) of the mixture.
+    batch = tiny_model.batch(TRAIN[:4])
+    with_mixture = importance_weighted_log_likelihood(tiny_model, batch, 20, generator=torch.Generator().manual_seed(0))
+    prior = tiny_model.prior
+    del tiny_model.prior
+    with_normal = importance_weighted_log_likelihood(tiny_model, batch, 20, generator=torch.Generator().manual_seed(0))
+    tiny_model.prior = prior
+    assert not torch.allclose(with_mixture, with_normal)
+    # Saved and loaded with the weights.
+    tiny_model.save_pretrained(tmp_path / "run")
+    loaded = TextVAE.from_pretrained(tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model"]["prior"] == "gmm"
+    assert torch.equal(loaded.prior.means, tiny_model.prior.means)
+    assert loaded.sample(3, seed=0) == tiny_model.sample(3, seed=0)
+
+
+def test_fit_prior_command(cli, trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    result = cli("fit-prior", run, "--components", "4")
+    assert result.code == 0, result.err
+    model = json.loads((run / "config.json").read_text())["model"]
+    assert model["prior"] == "gmm" and model["prior_components"] == 4
+    assert TextVAE.from_pretrained(run).prior.fitted == 1
+    assert cli("-q", "sample", run, "-n", "3", "--seed", "0").code == 0
+    # The run still resumes: its checkpoint predates the prior.
+    assert cli("-q", "train", "--resume", run, "--set", "train.epochs=4").code == 0
+    assert cli("fit-prior", tmp_path / "missing").code == 2
+    assert cli("fit-prior", run, "--components", "0").code == 2
+
+
+# ------------------------------------------------------------ built-in models
+@pytest.fixture
+def builtins(trained_run, tmp_path, monkeypatch):
+    """A package folder of built-in models holding one, ``tiny``."""
+    folder = tmp_path / "pretrained"
+    shutil.copytree(trained_run, folder / "tiny", ignore=shutil.ignore_patterns("checkpoint*", "metrics.jsonl"))
+    (folder / "tiny" / "card.json").write_text(json.dumps({"description": "a tiny test model",
+                                                          "figures": {"exact match": "0.0%"}}))
+    monkeypatch.setattr(builtin, "PRETRAINED_DIR", folder)
+    return folder
+
+
+def test_a_builtin_name_works_wherever_a_run_is_accepted(cli, builtins, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model = TextVAE.from_pretrained("tiny")
+    assert model.latent_dim == 4
+    for args in (["sample", "tiny", "-n", "2", "--seed", "0"], ["reconstruct", "tiny", "the cat sat on the mat"],
+                 ["encode", "tiny", "the cat"], ["complete", "tiny", "the man", "-n", "2", "--seed", "0"],
+                 ["interpolate", "tiny", "the cat sat", "the dog ran", "--steps", "3"]):
+        result = cli("-q", *args)
+        assert result.code == 0 and result.out_lines, (args, result.err)
+    listed = cli("models")
+    assert listed.code == 0 and "tiny: a tiny test model" in listed.out and "exact match: 0.0%" in listed.out
+    assert json.loads(cli("models", "--json").out_lines[0])["name"] == "tiny"
+
+
+def test_an_existing_path_wins_over_a_builtin_name(cli, builtins, trained_run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny").mkdir()  # a folder named like the built-in model, but not a run
+    result = cli("sample", "tiny", "-n", "1")
+    assert result.code == 2 and "tiny is not a textvae run directory" in result.err
+
+
+def test_an_unknown_name_is_one_error_listing_the_builtin_models(cli, builtins, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = cli("sample", "wordnett", "-n", "1")
+    assert result.code == 2
+    assert result.err_lines == ["textvae: error: wordnett is neither a run folder nor a built-in model "
+                                "(built-in models: tiny)"]
+    with pytest.raises(TextVAEError, match="built-in models: tiny"):
+        TextVAE.from_pretrained("nope")
+
+
+def test_builtin_models_are_read_only_for_fit_prior(cli, builtins):
+    result = cli("fit-prior", builtins / "tiny")
+    assert result.code == 2 and "read-only" in result.err
