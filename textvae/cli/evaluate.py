@@ -8,6 +8,8 @@ import logging
 import os
 from pathlib import Path
 
+from .. import builtin
+from ..builtin import resolve_run
 from ..errors import TextVAEError
 
 log = logging.getLogger("textvae")
@@ -64,7 +66,9 @@ def _eval(args: argparse.Namespace) -> None:
     result["command"] = args.invocation
     print(format_table(result))
     text = json.dumps(result, indent=2) + "\n"
-    _write_atomic(Path(args.run) / f"eval_{args.split}.json", text)
+    run_dir = resolve_run(args.run)
+    if not run_dir.resolve().is_relative_to(builtin.PRETRAINED_DIR.resolve()):  # built-in models are read-only
+        _write_atomic(run_dir / f"eval_{args.split}.json", text)
     if args.json:
         _write_atomic(Path(args.json), text)
 

@@ -11,7 +11,8 @@ All figures are per sentence in nats unless named otherwise:
   models with different tokenizers compare.
 - mi: I(x; z) under q (He et al. 2019); au: active units (Burda et al. 2016).
 - bleu: sacrebleu corpus BLEU of greedy reconstructions from the posterior
-  mean against the inputs; distinct_1/2, self_bleu and mean_length of prior
+  mean against the inputs; exact_match: the share of those reconstructions
+  equal to their input, case and spacing aside; distinct_1/2, self_bleu and mean_length of prior
   samples, against the data's mean length.
 """
 
@@ -85,6 +86,14 @@ def reconstructions(model, data: TextBatches, device: torch.device, max_length: 
     return out
 
 
+def exact_match(outputs: list[str], references: list[str]) -> float:
+    """Share of ``outputs`` equal to their reference, ignoring case and whitespace."""
+    def normal(text: str) -> str:
+        return "".join(text.lower().split())
+
+    return sum(normal(o) == normal(r) for o, r in zip(outputs, references)) / max(1, len(references))
+
+
 def evaluate_text(model, split: TextSplit, settings: EvalSettings, device: torch.device) -> dict[str, Any]:
     model.eval()
     tok = model.tokenizer
@@ -111,8 +120,9 @@ def evaluate_text(model, split: TextSplit, settings: EvalSettings, device: torch
     if model.latent_dim > 0:
         result.update(mi=stats["mi"], au=stats["au"], au_variances=stats["au_variances"])
         start = time.perf_counter()
-        result["bleu"], result["bleu_signature"] = corpus_bleu(
-            reconstructions(model, data, device, model.config.data.max_length), references)
+        outputs = reconstructions(model, data, device, model.config.data.max_length)
+        result["bleu"], result["bleu_signature"] = corpus_bleu(outputs, references)
+        result["exact_match"] = exact_match(outputs, split.texts)
         timings["bleu_s"] = time.perf_counter() - start
     start = time.perf_counter()
     samples = model.sample(settings.num_samples, seed=settings.seed)
@@ -137,6 +147,7 @@ ROWS = [("nll", "NLL (IW)", "-log p(x), importance weighted; nats/sentence"),
         ("mi", "MI", "I(x; z) under q (He et al. 2019)"),
         ("au", "AU", "active units, Cov_x E_q[z] > 0.01"),
         ("bleu", "BLEU", "greedy reconstructions from the posterior mean"),
+        ("exact_match", "exact match", "share of those equal to the input (case, spacing aside)"),
         ("distinct_1", "distinct-1", "prior samples"),
         ("distinct_2", "distinct-2", "prior samples"),
         ("self_bleu", "self-BLEU", "prior samples"),

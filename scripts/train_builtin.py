@@ -1,0 +1,181 @@
+"""Train, measure and package the built-in `wordnet` model.
+
+    python scripts/train_builtin.py --data data/wordnet --out runs/builtin
+
+Stages (each one skipped when its output exists, so a stopped run continues):
+  train    the VAE (configs/builtin/wordnet.yaml) for --budget minutes
+  prior    its second-stage mixture prior (`textvae fit-prior`)
+  lm       a language model of the same size and corpus, for the NLL
+           comparison and the fluency of samples (--lm-budget minutes)
+  eval     `textvae eval` of both on the test split (500 importance samples)
+  fluency  1,000 prior samples: NLL per word under the LM, distinct-1/2 and
+           mean length, against the test split's; mixture vs N(0, I) prior
+  showcase prior samples, completions and interpolations, as a user runs them
+  export   textvae/pretrained/wordnet (bf16 weights, card.json) and
+           results/builtin.md / .json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = "configs/builtin/wordnet.yaml"
+SHOWCASE = [
+    ["sample", "{run}", "-n", "10", "--seed", "0"],
+    ["complete", "{run}", "the man", "-n", "5", "--seed", "0"],
+    ["interpolate", "{run}", "he ran a mile", "she sang a beautiful song", "--steps", "6"],
+    ["interpolate", "{run}", "the children played in the garden", "a cold wind blew across the lake",
+     "--steps", "6"],
+]
+
+
+def textvae(*args: str, threads: int, log: Path | None = None) -> str:
+    """Run the textvae CLI with this interpreter; return its stdout."""
+    command = [sys.executable, "-m", "textvae", *map(str, args)]
+    env = {"OMP_NUM_THREADS": str(threads)}
+    print("$ textvae " + shlex.join(map(str, args)), file=sys.stderr, flush=True)
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
+                            env={**__import__("os").environ, **env})
+    if log is not None:
+        with open(log, "a") as handle:
+            handle.write(f"$ textvae {shlex.join(map(str, args))}\n{result.stderr}\n")
+    if result.returncode != 0:
+        sys.stderr.write(result.stderr)
+        raise SystemExit(f"textvae {args[0]} failed with exit code {result.returncode}")
+    return result.stdout
+
+
+def train(args, out: Path, name: str, extra: list[str], budget: float) -> None:
+    run = out / name
+    if (run / "checkpoint" / "state.json").exists():
+        if json.loads((run / "checkpoint" / "state.json").read_text()).get("finished"):
+            return
+        textvae("train", "--resume", run, threads=args.threads, log=out / "log.txt")
+        return
+    start = time.time()
+    textvae("train", "--data", args.data, "--out", run, "--config", CONFIG, *extra, "--time-budget", budget,
+            "--set", f"train.num_threads={args.threads}", threads=args.threads, log=out / "log.txt")
+    (run / "train_wall_seconds.txt").write_text(f"{time.time() - start:.1f}\n")
+
+
+def nll_per_word(lm, texts: list[str], batch_size: int = 256) -> float:
+    """Total NLL (nats) of ``texts`` under the language model over whitespace words + one eos each."""
+    import torch
+
+    total, words = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(texts), batch_size):
+            chunk = [t if t.strip() else "." for t in texts[i:i + batch_size]]
+            total += float(lm(lm.batch(chunk)).rec.double().sum())
+            words += sum(len(t.split()) + 1 for t in chunk)
+    return total / words
+
+
+def fluency(args, out: Path) -> dict:
+    import torch
+
+    from textvae.evaluation.text_metrics import distinct_n
+    from textvae.model import TextVAE
+    from textvae.prior import StandardNormalPrior
+
+    torch.set_num_threads(args.threads)
+    vae, lm = TextVAE.from_pretrained(out / "vae"), TextVAE.from_pretrained(out / "lm")
+    test = [t for t in (Path(args.data) / "test.txt").read_text().splitlines() if t.strip()]
+    reference = random.Random(0).sample(test, min(1000, len(test)))
+
+    def figures(texts: list[str]) -> dict:
+        return {"nll_per_word": nll_per_word(lm, texts), "distinct_1": distinct_n(texts, 1),
+                "distinct_2": distinct_n(texts, 2), "mean_length": sum(len(t.split()) for t in texts) / len(texts)}
+
+    result = {"test_split": {**figures(test), "sentences": len(test)},
+              "test_sample_1000": figures(reference)}
+    mixture = vae.prior
+    for prior_name, prior in (("mixture", mixture), ("normal", StandardNormalPrior(vae.latent_dim))):
+        vae.prior = prior
+        for strategy in ("sample", "greedy"):
+            samples = vae.sample(1000, seed=0, strategy=strategy)
+            result[f"{prior_name}_{strategy}"] = {**figures(samples), "examples": samples[:5]}
+    vae.prior = mixture
+    return result
+
+
+def export(args, out: Path, report: dict) -> None:
+    import torch
+    from safetensors.torch import save_model
+
+    from textvae.model import TextVAE
+
+    target = ROOT / "textvae" / "pretrained" / "wordnet"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    model = TextVAE.from_pretrained(out / "vae")
+    model.to(torch.bfloat16)
+    model.prior.float()  # the mixture's Cholesky factors keep full precision
+    model.config.save(target / "config.json")
+    model.tokenizer.save(target / "tokenizer")
+    save_model(model, str(target / "model.safetensors"))
+    (target / "card.json").write_text(json.dumps(report["card"], indent=2) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="data/wordnet")
+    parser.add_argument("--out", default="runs/builtin")
+    parser.add_argument("--budget", type=float, default=50.0, help="VAE training minutes")
+    parser.add_argument("--lm-budget", type=float, default=15.0, help="language-model training minutes")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--iw-samples", type=int, default=500)
+    parser.add_argument("--stages", default="train,prior,lm,eval,fluency,showcase,export")
+    args = parser.parse_args()
+    out = (ROOT / args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    stages = args.stages.split(",")
+    report_path = out / "report.json"
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+
+    def save() -> None:
+        report_path.write_text(json.dumps(report, indent=2) + "\n")
+
+    if "train" in stages:
+        train(args, out, "vae", [], args.budget)
+    if "prior" in stages and not (out / "vae" / "prior_fitted.txt").exists():
+        textvae("fit-prior", out / "vae", threads=args.threads, log=out / "log.txt")
+        (out / "vae" / "prior_fitted.txt").write_text("textvae fit-prior\n")
+    if "lm" in stages:
+        train(args, out, "lm", ["--set", "model.latent_dim=0", "--set", "model.prior=normal"], args.lm_budget)
+    if "eval" in stages:
+        for name in ("vae", "lm"):
+            if not (out / name / "eval_test.json").exists():
+                textvae("eval", out / name, "--data", args.data, "--split", "test", "--iw-samples", args.iw_samples,
+                        "--batch-size", 64, "--samples", 1000, threads=args.threads, log=out / "log.txt")
+    if "fluency" in stages:
+        report["fluency"] = fluency(args, out)
+        save()
+    if "showcase" in stages:
+        report["showcase"] = []
+        for command in SHOWCASE:
+            command = [c.format(run="wordnet") if c == "{run}" else c for c in command]
+            real = [out / "vae" if c == "wordnet" else c for c in command]
+            report["showcase"].append({"command": "textvae " + shlex.join(command),
+                                       "output": textvae("-q", *real, threads=args.threads).splitlines()})
+        save()
+    if "export" in stages:
+        from build_builtin_report import build_report  # scripts/ beside this file
+
+        report["card"] = build_report(out, report, args)
+        save()
+        export(args, out, report)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).parent))
+    main()
