@@ -254,6 +254,13 @@ def test_bf16_importance_weighted_nll_matches_fp32(word_tokenizer, model_options
 
 
 # ------------------------------------------------------ text metrics
+def test_exact_match_ignores_case_and_spacing_only():
+    from textvae.evaluation.text_eval import exact_match
+
+    assert exact_match(["The cat  sat", "a dog ran", "a dog"], ["the cat sat", "a dog ran ", "a dog ran"]) == 2 / 3
+    assert exact_match(["the cats sat"], ["the cat sat"]) == 0.0
+
+
 def test_bleu_of_perfect_reconstructions_is_100():
     score, signature = corpus_bleu(TEST, TEST)
     assert score == pytest.approx(100.0)
@@ -276,7 +283,7 @@ def test_self_bleu_of_identical_and_disjoint_samples():
 
 
 # ---------------------------------------------------------------- CLI
-EVAL_KEYS = {"elbo", "rec", "kl", "nll", "ppl", "tokens", "sentences", "mi", "au", "au_variances", "bleu",
+EVAL_KEYS = {"elbo", "rec", "kl", "nll", "ppl", "tokens", "sentences", "mi", "au", "au_variances", "bleu", "exact_match",
              "bleu_signature", "distinct_1", "distinct_2", "self_bleu", "mean_length", "data_mean_length"}
 
 
