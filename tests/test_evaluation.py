@@ -283,8 +283,8 @@ def test_self_bleu_of_identical_and_disjoint_samples():
 
 
 # ---------------------------------------------------------------- CLI
-EVAL_KEYS = {"elbo", "rec", "kl", "nll", "ppl", "tokens", "sentences", "mi", "au", "au_variances", "bleu", "exact_match",
-             "bleu_signature", "distinct_1", "distinct_2", "self_bleu", "mean_length", "data_mean_length"}
+EVAL_KEYS = {"elbo", "rec", "kl", "nll", "ppl", "tokens", "sentences", "mi", "au", "au_variances", "bleu",
+             "exact_match", "bleu_signature", "distinct_1", "distinct_2", "self_bleu", "mean_length", "data_mean_length"}
 
 
 def copy_run(source, target):
