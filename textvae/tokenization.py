@@ -137,9 +137,15 @@ def _load_pretrained(spec: str) -> Tokenizer:
     """A Hugging Face tokenizer folder or hub name, through transformers."""
     import transformers
 
+    from .hub import local_only
+
+    offline = local_only(spec)
     try:
-        hf = transformers.AutoTokenizer.from_pretrained(spec)
+        hf = transformers.AutoTokenizer.from_pretrained(spec, local_files_only=offline)
     except Exception as error:
+        if offline:
+            raise TextVAEError(f"unknown tokenizer {spec!r}: not a local path, not in the local Hugging Face "
+                               "cache, and the hub cannot be reached (offline?)") from None
         where = "folder" if Path(spec).is_dir() else "hub name"
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise TextVAEError(f"unknown tokenizer {spec!r}: cannot load it as a Hugging Face {where} ({first})") from None
