@@ -192,3 +192,29 @@ def test_gpt2_word_pieces():
     pieces = set(tok.word_pieces)
     assert tok.backend.token_to_id("Ġman") not in pieces and tok.backend.token_to_id("ner") in pieces
     assert tok.backend.token_to_id(",") not in pieces  # punctuation may follow a whole word
+
+
+# ---------------------------------------------------- malformed text
+@pytest.mark.parametrize("kind", ["word", "bpe"])
+def test_a_byte_order_mark_and_control_characters_never_become_tokens(kind, tmp_path):
+    from textvae.data import load_splits
+
+    (tmp_path / "train.txt").write_text("\ufeffthe cat sat\nthe dog\x1b[31m ran\x00 off\n" + "\n".join(TRAIN) + "\n",
+                                        encoding="utf-8")
+    texts = [line for line in (tmp_path / "train.txt").read_text(encoding="utf-8").splitlines()]
+    tokenizer = build_tokenizer(TokenizerConfig(spec=kind, vocab_size=0 if kind == "word" else 200), texts)
+    vocab = tokenizer.backend.get_vocab()
+    assert not any("\ufeff" in token or "\x1b" in token or "\x00" in token for token in vocab)
+    assert tokenizer.encode("\ufeffthe cat sat") == tokenizer.encode("the cat sat")
+    assert tokenizer.encode("the\x1b cat") == tokenizer.encode("the  cat")
+    split = load_splits(str(tmp_path), tokenizer, ["train"], 20)["train"]
+    assert split.ids[0] == tokenizer.encode("the cat sat")
+    decoded = tokenizer.decode(split.ids[1])
+    assert "\x1b" not in decoded and "\x00" not in decoded and "ran" in decoded
+
+
+def test_completing_unknown_words_only_is_refused_like_reconstructing(tiny_model):
+    with pytest.raises(TextVAEError, match="unknown"):
+        tiny_model.reconstruct(["zzyzx qwerty"])
+    with pytest.raises(TextVAEError, match="unknown"):
+        tiny_model.complete("zzyzx qwerty", n=1, seed=0)

@@ -106,6 +106,8 @@ def complete(model, prefix: str, n: int = 5, strategy: str = "sample", seed: Opt
     prefix_ids = model.tokenizer.encode(prefix)
     if not prefix_ids:
         raise TextVAEError(f"{prefix!r} has no tokens")
+    if all(t == model.tokenizer.unk_id for t in prefix_ids):
+        raise TextVAEError(f"every word of {prefix!r} is unknown to the model's vocabulary")
     generator = _generator(model, seed)
     z = posterior_given_prefix(model, prefix_ids, n, proposals, generator) if model.latent_dim > 0 else None
     settings = _settings(model, strategy, max(max_length or model.config.data.max_length, len(prefix_ids) + 1),

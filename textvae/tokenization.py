@@ -77,7 +77,8 @@ class Tokenizer:
         return tuple(pieces)
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """Token ids of each text, without bos/eos."""
+        """Token ids of each text (cleaned by ``clean_text``), without bos/eos."""
+        texts = [clean_text(t) for t in texts]
         return [enc.ids for enc in self.backend.encode_batch(texts, add_special_tokens=False)]
 
     def encode(self, text: str) -> list[int]:
@@ -86,7 +87,7 @@ class Tokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ``ids``; pad, bos and eos are dropped, unk is kept visible."""
         kept = [int(i) for i in ids if int(i) not in self.frame_ids]
-        return self.backend.decode(kept, skip_special_tokens=False).strip()
+        return clean_text(self.backend.decode(kept, skip_special_tokens=False)).strip()
 
     def decode_batch(self, batch: Iterable[Iterable[int]]) -> list[str]:
         return [self.decode(ids) for ids in batch]
@@ -112,6 +113,17 @@ class Tokenizer:
         return cls(Backend.from_file(str(directory / "tokenizer.json")), meta["specials"], meta.get("source", ""))
 
 
+# C0 and C1 control characters but tab, and the byte-order mark (U+FEFF).
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+def clean_text(text: str) -> str:
+    """Text as the models see it: no byte-order mark (a file saved with one
+    would glue it to its first word) and control characters (ESC, NUL, ...)
+    as spaces, so they never become tokens nor reach a terminal raw."""
+    return _CONTROL.sub(" ", text.replace("\ufeff", ""))
+
+
 def build_tokenizer(config: TokenizerConfig, training_texts: Optional[Iterable[str]] = None) -> Tokenizer:
     """Tokenizer from ``config.spec``: a kind to train on ``training_texts``,
     a local folder or ``tokenizer.json``, or a hub name."""
@@ -119,7 +131,7 @@ def build_tokenizer(config: TokenizerConfig, training_texts: Optional[Iterable[s
     if spec in TRAINED_KINDS:
         if training_texts is None:
             raise TextVAEError(f"tokenizer {spec!r} is trained on the training split, but no texts were given")
-        return train_tokenizer(spec, training_texts, config)
+        return train_tokenizer(spec, (clean_text(t) for t in training_texts), config)
     path = Path(spec)
     if path.is_file() and path.suffix == ".json":
         try:
