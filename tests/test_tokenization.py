@@ -218,3 +218,20 @@ def test_completing_unknown_words_only_is_refused_like_reconstructing(tiny_model
         tiny_model.reconstruct(["zzyzx qwerty"])
     with pytest.raises(TextVAEError, match="unknown"):
         tiny_model.complete("zzyzx qwerty", n=1, seed=0)
+
+
+@pytest.mark.parametrize("broken", ["tokenizer_json", "specials_json", "specials_shape", "huge"])
+def test_a_broken_saved_tokenizer_is_one_clear_error(word_tokenizer, tmp_path, broken, monkeypatch):
+    from textvae import tokenization
+
+    word_tokenizer.save(tmp_path / "tok")
+    if broken == "tokenizer_json":
+        (tmp_path / "tok" / "tokenizer.json").write_text('{"model": {"type": "nonsense"')
+    elif broken == "specials_json":
+        (tmp_path / "tok" / "special_tokens.json").write_text("{not json")
+    elif broken == "specials_shape":
+        (tmp_path / "tok" / "special_tokens.json").write_text('{"specials": [1, 2]}')
+    else:
+        monkeypatch.setattr(tokenization, "MAX_TOKENIZER_BYTES", 100)
+    with pytest.raises(TextVAEError, match="malformed|larger than"):
+        Tokenizer.load(tmp_path / "tok")

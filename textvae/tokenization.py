@@ -107,14 +107,33 @@ class Tokenizer:
     def load(cls, directory: str | Path) -> "Tokenizer":
         directory = Path(directory)
         meta_path = directory / SPECIALS_FILE
-        if not meta_path.exists() or not (directory / "tokenizer.json").exists():
+        backend_path = directory / "tokenizer.json"
+        if not meta_path.is_file() or not backend_path.is_file():
             raise TextVAEError(f"{directory} holds no saved textvae tokenizer")
-        meta = json.loads(meta_path.read_text())
-        return cls(Backend.from_file(str(directory / "tokenizer.json")), meta["specials"], meta.get("source", ""))
+        for path in (meta_path, backend_path):  # never read an endless or huge file into memory
+            if path.stat().st_size > MAX_TOKENIZER_BYTES:
+                raise TextVAEError(f"{path} is larger than {MAX_TOKENIZER_BYTES // 2**20} MiB: not a tokenizer file")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            specials = meta["specials"]
+            if not isinstance(specials, dict) or not all(isinstance(v, (str, type(None))) for v in specials.values()):
+                raise ValueError("'specials' must map roles to tokens")
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
+            raise TextVAEError(f"{meta_path} is malformed: {str(error).splitlines()[0] if str(error) else error!r}") \
+                from None
+        try:
+            backend = Backend.from_file(str(backend_path))
+        except Exception as error:  # tokenizers raises a bare Exception on bad JSON
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise TextVAEError(f"{backend_path} is malformed: {first}") from None
+        return cls(backend, specials, meta.get("source", "") if isinstance(meta, dict) else "")
 
 
 # C0 and C1 control characters but tab, and the byte-order mark (U+FEFF).
 _CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+
+
+MAX_TOKENIZER_BYTES = 256 * 2**20  # the largest hub tokenizer.json files are tens of MiB
 
 
 def clean_text(text: str) -> str:
