@@ -74,7 +74,7 @@ class GaussianMixturePrior(nn.Module):
         return self.means[which] + (self.scale_tril[which] @ eps).squeeze(-1)
 
     @torch.no_grad()
-    def fit(self, points: Tensor, iterations: int = 200, tolerance: float = 1e-5,
+    def fit(self, points: Tensor, iterations: int = 100, tolerance: float = 1e-4,
             generator: Optional[torch.Generator] = None) -> dict[str, float]:
         """EM on ``points`` (N, D), e.g. the posterior means of the training
         sentences. Returns the final mean log-likelihood per point (nats)."""
@@ -111,7 +111,7 @@ def _gaussian_log_prob(x: Tensor, mean: Tensor, scale_tril: Tensor) -> Tensor:
     return -0.5 * (y.pow(2).sum(0) + log_det + x.shape[1] * LOG_2PI)
 
 
-def fit_gaussian_mixture(points: Tensor, components: int, iterations: int = 200, tolerance: float = 1e-5,
+def fit_gaussian_mixture(points: Tensor, components: int, iterations: int = 100, tolerance: float = 1e-4,
                          generator: Optional[torch.Generator] = None):
     """EM for a full-covariance Gaussian mixture, in float64, k-means++ seeds
     (Arthur & Vassilvitskii 2007). Each covariance gets 1e-4 of the data's mean
