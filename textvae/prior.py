@@ -98,29 +98,42 @@ def build_prior(kind: str, latent_dim: int, components: int) -> nn.Module:
 
 def mixture_log_prob(z: Tensor, log_weights: Tensor, means: Tensor, scale_tril: Tensor) -> Tensor:
     """log sum_k w_k N(z; mu_k, L_k L_k^T). z (..., D) -> (...)."""
-    shape = z.shape[:-1]
     flat = z.reshape(-1, z.shape[-1]).to(means.dtype)  # (N, D)
-    per_component = torch.stack([_gaussian_log_prob(flat, means[k], scale_tril[k]) for k in range(len(means))], 1)
-    return torch.logsumexp(per_component + log_weights, dim=1).reshape(shape)  # (...)
+    joint = component_log_probs(flat, means, scale_tril) + log_weights  # (N, K)
+    return torch.logsumexp(joint, dim=1).reshape(z.shape[:-1])
 
 
-def _gaussian_log_prob(x: Tensor, mean: Tensor, scale_tril: Tensor) -> Tensor:
-    """log N(x; mean, L L^T) for x (N, D) -> (N,)."""
-    y = torch.linalg.solve_triangular(scale_tril, (x - mean).T, upper=False)  # (D, N)
-    log_det = 2.0 * torch.log(torch.diagonal(scale_tril)).sum()
-    return -0.5 * (y.pow(2).sum(0) + log_det + x.shape[1] * LOG_2PI)
+def component_log_probs(x: Tensor, means: Tensor, scale_tril: Tensor, rows: int = 2048) -> Tensor:
+    """log N(x_n; mu_k, L_k L_k^T) for x (N, D) -> (N, K), as one matrix
+    product per chunk of rows: with P_k = L_k^-1, the Mahalanobis distance is
+    |P_k x - P_k mu_k|^2."""
+    k, dim = means.shape
+    eye = torch.eye(dim, dtype=means.dtype, device=means.device).expand(k, dim, dim)
+    precision = torch.linalg.solve_triangular(scale_tril, eye, upper=False)  # (K, D, D)
+    shift = (precision @ means.unsqueeze(-1)).squeeze(-1)  # (K, D)
+    constant = 2.0 * torch.log(torch.diagonal(scale_tril, dim1=1, dim2=2)).sum(-1) + dim * LOG_2PI  # (K,)
+    flat_precision = precision.reshape(k * dim, dim)  # (K*D, D)
+    out = []
+    for start in range(0, len(x), rows):
+        y = (x[start:start + rows] @ flat_precision.T).reshape(-1, k, dim) - shift  # (n, K, D)
+        out.append(-0.5 * (y.pow(2).sum(-1) + constant))
+    return torch.cat(out) if out else x.new_zeros(0, k)
 
 
 def fit_gaussian_mixture(points: Tensor, components: int, iterations: int = 100, tolerance: float = 1e-4,
-                         generator: Optional[torch.Generator] = None):
-    """EM for a full-covariance Gaussian mixture, in float64, k-means++ seeds
-    (Arthur & Vassilvitskii 2007). Each covariance gets 1e-4 of the data's mean
-    variance on its diagonal so that no component collapses onto a point.
+                         generator: Optional[torch.Generator] = None, rows: int = 2048):
+    """EM for a full-covariance Gaussian mixture (Dempster et al. 1977), in
+    float64 on centred data, k-means++ seeds (Arthur & Vassilvitskii 2007).
+    Each covariance gets 1e-4 of the data's mean variance on its diagonal so
+    that no component collapses onto a point. Stops when the mean
+    log-likelihood gains less than ``tolerance`` (relative) in a step.
     Returns (log_weights (K,), means (K, D), scale_tril (K, D, D), figures)."""
     x = points.detach().to(torch.float64).cpu()
     n, dim = x.shape
     if n < 2:
         raise TextVAEError("fitting a mixture prior needs at least 2 sentences")
+    centre = x.mean(0)
+    x = x - centre
     k = min(components, n)
     floor = 1e-4 * float(x.var(0).mean()) + 1e-8
     eye = torch.eye(dim, dtype=torch.float64)
@@ -128,26 +141,28 @@ def fit_gaussian_mixture(points: Tensor, components: int, iterations: int = 100,
     covariance = torch.cov(x.T).reshape(dim, dim) + floor * eye
     scale_tril = torch.linalg.cholesky(covariance).expand(k, dim, dim).clone()
     log_weights = torch.full((k,), -math.log(k), dtype=torch.float64)
-    previous, steps = -math.inf, 0
+    previous, steps, likelihood = -math.inf, 0, -math.inf
     for steps in range(1, iterations + 1):
         # E step: responsibilities (N, K).
-        joint = torch.stack([_gaussian_log_prob(x, means[j], scale_tril[j]) for j in range(k)], 1) + log_weights
+        joint = component_log_probs(x, means, scale_tril, rows) + log_weights
         total = torch.logsumexp(joint, dim=1, keepdim=True)  # (N, 1)
         likelihood = float(total.mean())
         resp = (joint - total).exp()
-        # M step.
+        # M step: weights, means, covariances from responsibility-weighted moments.
         counts = resp.sum(0) + 1e-10  # (K,)
         log_weights = torch.log(counts / n)
-        means = (resp.T @ x) / counts.unsqueeze(1)
-        for j in range(k):
-            centred = x - means[j]
-            cov = (centred * resp[:, j:j + 1]).T @ centred / counts[j] + floor * eye
-            scale_tril[j] = torch.linalg.cholesky(cov)
+        means = (resp.T @ x) / counts.unsqueeze(1)  # (K, D)
+        second = torch.zeros(k, dim, dim, dtype=torch.float64)
+        for start in range(0, n, rows):
+            chunk, weights = x[start:start + rows], resp[start:start + rows]  # (n, D), (n, K)
+            second += ((weights.T.unsqueeze(-1) * chunk).transpose(1, 2) @ chunk)  # (K, D, D)
+        covariance = second / counts.view(k, 1, 1) - means.unsqueeze(2) * means.unsqueeze(1) + floor * eye
+        scale_tril = torch.linalg.cholesky(0.5 * (covariance + covariance.transpose(1, 2)))
         if likelihood - previous < tolerance * max(1.0, abs(likelihood)):
             break
         previous = likelihood
     figures = {"log_likelihood": likelihood, "iterations": steps, "components": k, "points": n}
-    return log_weights.float(), means.float(), scale_tril.float(), figures
+    return log_weights.float(), (means + centre).float(), scale_tril.float(), figures
 
 
 def _kmeans_plus_plus(x: Tensor, k: int, generator: Optional[torch.Generator]) -> Tensor:

@@ -30,7 +30,7 @@ def register(commands) -> None:
     p.add_argument("run", metavar="RUN", help="run directory of a trained model")
     p.add_argument("--data", help="training sentences (default: the run's data.path)")
     p.add_argument("--components", type=int, default=None, help="mixture components (default: model.prior_components)")
-    p.add_argument("--max-sentences", type=int, default=50000, help="fit on at most this many (seeded sample)")
+    p.add_argument("--max-sentences", type=int, default=20000, help="fit on at most this many (seeded sample)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.set_defaults(handler=_fit_prior)
