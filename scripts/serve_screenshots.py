@@ -64,6 +64,11 @@ def drive(driver, url: str, args: argparse.Namespace) -> None:
     for button, result in (("sample-btn", "#sample-list li"), ("complete-btn", "#complete-list li")):
         driver.find_element(By.ID, button).click()
         wait(driver, lambda d, r=result: d.find_elements(By.CSS_SELECTOR, r))
+    for element_id, text in (("arith-a", "the boy ran to school"), ("arith-b", "the boy"), ("arith-c", "the girl"),
+                             ("attr-sentence", "the house was old")):
+        fill(driver, element_id, text)
+    fill(driver, "attr-positive", "a hot summer day\nthe weather was hot")
+    fill(driver, "attr-negative", "a cold winter night\nthe weather was cold")
     driver.find_element(By.ID, "arith-btn").click()
     wait(driver, lambda d: d.find_element(By.ID, "arith-result").text)
     driver.find_element(By.ID, "attr-btn").click()
@@ -116,6 +121,9 @@ def main() -> None:
         driver = webdriver.Chrome(service=Service(executable_path=shutil.which("chromedriver")), options=options)
         try:
             drive(driver, url + "/", args)
+            height = driver.execute_script("return document.documentElement.scrollHeight")
+            driver.set_window_size(1280, height + 140)  # the whole page in one screenshot
+            time.sleep(0.5)
             png = driver.get_screenshot_as_png()
             save(driver, png, ["page-header", "sentence-card", "map-card"], out / "serve-explore.png")
             save(driver, png, ["interpolate-card", "sample-card", "complete-card", "arithmetic-card"],
