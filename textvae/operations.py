@@ -1,5 +1,5 @@
 """What people do with a trained model: sample, reconstruct, encode,
-complete and interpolate. Every decoding goes through ``generation.generate``.
+decode, complete and interpolate. Every decoding goes through ``generation.generate``.
 """
 
 from __future__ import annotations
@@ -60,6 +60,16 @@ def reconstruct(model, texts: list[str], strategy: str = "greedy", use_mean: boo
     z = q.mean if use_mean else q.sample(generator=generator)
     settings = _settings(model, strategy, max_length, **options)
     return model.tokenizer.decode_batch(_decode(model, z, len(texts), settings, generator))
+
+
+@torch.no_grad()
+def decode(model, z: Tensor, strategy: str = "greedy", seed: Optional[int] = None,
+           max_length: Optional[int] = None, **options) -> list[str]:
+    """Decode given latent codes z (N, D): one sentence per row."""
+    model.eval()
+    generator = _generator(model, seed)
+    settings = _settings(model, strategy, max_length, **options)
+    return model.tokenizer.decode_batch(_decode(model, z.to(model.device), len(z), settings, generator))
 
 
 @torch.no_grad()
