@@ -152,3 +152,9 @@ def test_an_unknown_name_is_one_error_listing_the_builtin_models(cli, builtins, 
 def test_builtin_models_are_read_only_for_fit_prior(cli, builtins):
     result = cli("fit-prior", builtins / "tiny")
     assert result.code == 2 and "read-only" in result.err
+
+
+def test_a_missing_path_is_a_missing_folder_not_a_model_name(cli, builtins, tmp_path):
+    result = cli("sample", tmp_path / "nothing", "-n", "1")
+    assert result.code == 2 and result.err_lines == [f"textvae: error: {tmp_path / 'nothing'} is not a run "
+                                                     "directory (no such folder)"]

@@ -34,6 +34,8 @@ def resolve_run(run: str | Path) -> Path:
     if name in builtin_names():
         return PRETRAINED_DIR / name
     names = ", ".join(builtin_names()) or "none installed"
+    if len(path.parts) > 1 or name.startswith((".", "~")):  # written as a path: it is a missing folder
+        raise TextVAEError(f"{path} is not a run directory (no such folder)")
     raise TextVAEError(f"{name} is neither a run folder nor a built-in model (built-in models: {names})")
 
 
