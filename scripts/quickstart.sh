@@ -7,10 +7,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 RUN=${RUN:-runs/quickstart}
-if [ -f "$RUN/model.safetensors" ] && [ ! -d "$RUN/checkpoint" -o -f "$RUN/checkpoint/state.json" ] \
-   && grep -q '"finished": true' "$RUN/checkpoint/state.json" 2>/dev/null; then
+STATUS=$( [ -d "$RUN" ] && textvae -q info "$RUN" --get status 2>/dev/null || true )  # finished, resumable or none
+if [ "$STATUS" = finished ]; then
   echo "textvae: using the finished run in $RUN (delete it to train again)" >&2
-elif [ -d "$RUN/checkpoint" ]; then
+elif [ "$STATUS" = resumable ]; then
   textvae train --resume "$RUN"
 else
   textvae train --data data/wordnet --out "$RUN" --config quickstart
