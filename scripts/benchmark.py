@@ -32,8 +32,9 @@ from textvae.evaluation.likelihood import importance_weighted_log_likelihood
 from textvae.generation import GenerationConfig, generate
 from textvae.model import TextVAE
 from textvae.objectives import elbo_loss
+from textvae.runtime import autocast_context
 from textvae.tokenization import build_tokenizer
-from textvae.training.trainer import autocast_context, build_optimizer
+from textvae.training.optim import build_optimizer
 
 
 class PlainLSTMVAE(nn.Module):

@@ -22,14 +22,14 @@ def _cpu() -> str:
 
 
 def _train_summary(run: Path) -> dict:
-    state = json.loads((run / "checkpoint" / "state.json").read_text())
+    from textvae.training.info import run_info
+
+    info = run_info(run)
     wall = run / "train_wall_seconds.txt"
-    valid = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
-             if '"valid"' in line]
-    return {"steps": state["step"], "epochs": round(state["step"] / max(1, valid[0]["step"] / valid[0]["epoch"]), 2)
-            if valid and valid[0]["epoch"] else None, "train_seconds": round(state["seconds"], 1),
+    return {"steps": info.step, "epochs_completed": info.epoch, "train_seconds": info.seconds,
             "wall_seconds_with_startup": float(wall.read_text()) if wall.exists() else None,
-            "stop_reason": state.get("stop_reason"), "config": json.loads((run / "config.json").read_text())}
+            "stop_reason": info.stop_reason, "best_valid": info.best_valid,
+            "config": json.loads((run / "config.json").read_text())}
 
 
 def build_report(out: Path, report: dict, args) -> dict:

@@ -47,9 +47,13 @@ def sh(command: list[str], **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *command], check=True, **kwargs)
 
 
-def finished(run: Path) -> bool:
-    state = run / "checkpoint" / "state.json"
-    return state.exists() and json.loads(state.read_text()).get("finished", False)
+def status(run: Path) -> str:
+    """What ``textvae info`` says of the run: finished, resumable, or "" when there is nothing to go on from."""
+    if not run.exists():
+        return ""
+    info = subprocess.run([sys.executable, "-m", "textvae", "-q", "info", str(run), "--get", "status"],
+                          capture_output=True, text=True)
+    return info.stdout.strip() if info.returncode == 0 else ""
 
 
 def train(name: str, args: argparse.Namespace) -> tuple[list[str], float]:
@@ -61,13 +65,14 @@ def train(name: str, args: argparse.Namespace) -> tuple[list[str], float]:
     timing, recorded = run / "train_seconds.json", run.parent / f"{name}.command.json"
     if recorded.exists():
         command = json.loads(recorded.read_text())["command"]
-    if finished(run):
+    state = status(run)
+    if state == "finished":
         return command, json.loads(timing.read_text())["seconds"]
     run.parent.mkdir(parents=True, exist_ok=True)
     recorded.write_text(json.dumps({"command": command}))
     spent = json.loads(timing.read_text())["seconds"] if timing.exists() else 0.0
     start = time.time()
-    if (run / "checkpoint").exists():
+    if state == "resumable":
         sh(["textvae", "train", "--resume", str(run), *[a for s in args.set if s.startswith("train.")
                                                          for a in ("--set", s)]])
     else:

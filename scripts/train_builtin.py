@@ -55,9 +55,11 @@ def textvae(*args: str, threads: int, log: Path | None = None) -> str:
 
 
 def train(args, out: Path, name: str, extra: list[str], budget: float) -> None:
+    from textvae.training.info import run_info
+
     run = out / name
-    if (run / "checkpoint" / "state.json").exists():
-        if json.loads((run / "checkpoint" / "state.json").read_text()).get("finished"):
+    if (run / "config.json").exists() and run_info(run).status != "no checkpoint":
+        if run_info(run).finished:
             return
         textvae("train", "--resume", run, threads=args.threads, log=out / "log.txt")
         return

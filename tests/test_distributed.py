@@ -45,7 +45,7 @@ fit = train_cli.Trainer.fit
 def fit_and_save(self):
     state = fit(self)
     weights = {k: v.detach().clone().contiguous() for k, v in self.model.state_dict().items()}
-    name = f"{self.run_dir.name}-step{state['step']}-rank{os.environ['RANK']}.safetensors"
+    name = f"{self.run_dir.name}-step{state.step}-rank{os.environ['RANK']}.safetensors"
     save_file(weights, str(self.run_dir.parent / name))
     return state
 

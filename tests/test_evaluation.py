@@ -23,7 +23,7 @@ from textvae.evaluation.text_metrics import corpus_bleu, distinct_n, self_bleu
 from textvae.latent import standard_normal_log_prob
 from textvae.model import TextVAE, decoder_io
 from textvae.tokenization import build_tokenizer
-from textvae.training.trainer import autocast_context, native_bf16
+from textvae.runtime import autocast_context, native_bf16
 
 from conftest import TEST, TRAIN, VALID, tiny_config
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -160,12 +161,13 @@ def test_cli_end_to_end(cli, image_run, mnist_dir, tmp_path):
     result = cli("mnist", "eval", image_run, "--data", mnist_dir, "--iw-samples", "4", "--json", tmp_path / "e.json")
     assert result.code == 0, result.err
     figures = json.loads(result.out)
-    assert figures["images"] == 16 and figures["iw_samples"] == 4
+    assert figures["images"] == 16 and figures["settings"]["iw_samples"] == 4
     stored = json.loads((image_run / "eval_test.json").read_text())
     assert figures == stored == json.loads((tmp_path / "e.json").read_text())
     assert figures["command"].startswith("textvae mnist eval ") and "--iw-samples 4" in figures["command"]
     assert figures["device"].startswith("cpu, ")
-    assert figures["iw_nll"] <= -figures["elbo"] + 5  # IW with 4 samples: close to or below the 1-sample bound
+    assert figures["nll"] <= -figures["elbo"] + 5  # IW with 4 samples: close to or below the 1-sample bound
+    assert figures["unit"] == "nats per image" and figures["au"] <= figures["latent_dim"] == 3
     for command in (["sample", "-n", "4"], ["reconstruct", "-n", "4"], ["interpolate", "--pairs", "2", "--steps", "3"],
                     ["latent"]):
         png = tmp_path / f"{command[0]}.png"
@@ -183,7 +185,8 @@ def test_cli_resume_continues_the_run(cli, mnist_dir, tmp_path):
 
 
 def test_mnist_eval_uses_the_shared_importance_weighted_estimator(cli, image_run, mnist_dir, monkeypatch):
-    from textvae.cli import mnist as mnist_cli
+    from textvae.evaluation import text_eval
+    from textvae.image import evaluate as image_eval
 
     calls = []
     shared = likelihood.importance_weighted_log_likelihood
@@ -192,7 +195,7 @@ def test_mnist_eval_uses_the_shared_importance_weighted_estimator(cli, image_run
         calls.append(args[2])
         return shared(*args, **kwargs)
 
-    assert mnist_cli.likelihood is likelihood
+    assert image_eval.importance_weighted_nll is text_eval.importance_weighted_nll is likelihood.importance_weighted_nll
     monkeypatch.setattr(likelihood, "importance_weighted_log_likelihood", spy)
     assert cli("mnist", "eval", image_run, "--data", mnist_dir, "--iw-samples", "3", "--limit", "8").code == 0
     assert calls and set(calls) == {3}
@@ -200,7 +203,7 @@ def test_mnist_eval_uses_the_shared_importance_weighted_estimator(cli, image_run
 
 
 def test_cli_trains_on_the_embedded_sample_by_default(cli, tmp_path):
-    from textvae.cli.mnist import SAMPLE_DATA
+    from textvae.image.splits import SAMPLE_DATA
 
     if not (SAMPLE_DATA / "mnist_5k.npz").exists():
         pytest.skip("the embedded sample is absent")
@@ -229,3 +232,35 @@ def test_bad_input_gives_one_error_line(cli, image_run, tmp_path, problem):
         result = cli("mnist", "eval", image_run, "--data", tmp_path / "bad.npz", "--iw-samples", "2")
         assert "not a readable npz file" in result.err
     assert result.code != 0 and len(result.err_lines) == 1 and result.err.startswith("textvae: error: ")
+
+
+def table_rows(text: str) -> list[list[str]]:
+    return [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in text.splitlines()]
+
+
+def test_compare_puts_a_text_run_and_an_mnist_run_in_one_table(cli, image_run, mnist_dir, trained_run, shared_corpus,
+                                                               tmp_path):
+    fresh = shutil.ignore_patterns("eval_*.json", "plots", "*.png")
+    text, digits = shutil.copytree(trained_run, tmp_path / "text", ignore=fresh), \
+        shutil.copytree(image_run, tmp_path / "digits", ignore=fresh)
+    assert cli("-q", "eval", text, "--data", shared_corpus, "--iw-samples", "3", "--samples", "3").code == 0
+    assert cli("-q", "mnist", "eval", digits, "--data", mnist_dir, "--iw-samples", "3").code == 0
+    assert cli("info", digits, "--get", "kind").out == "image\n"
+    result = cli("compare", text, digits)
+    assert result.code == 0, result.err
+    header, rule, *rows = table_rows(result.out)
+    assert header[:8] == ["run", "NLL", "PPL", "ELBO", "rec", "KL", "MI", "AU"] and header[-1] == "unit"
+    assert set(rule) == {"---"} and [row[0] for row in rows] == ["text", "digits"]
+    for row, run in zip(rows, (text, digits)):
+        stored = json.loads((run / "eval_test.json").read_text())
+        cells = dict(zip(header, row))
+        assert cells["NLL"] == f"{stored['nll']:.2f}" and cells["KL"] == f"{stored['kl']:.2f}"
+        assert cells["AU"] == str(stored["au"]) and cells["unit"] == stored["unit"]
+    assert [dict(zip(header, row))["PPL"] for row in rows][1] == "–"  # no perplexity for images
+    # An MNIST evaluation written before the shared schema (iw_nll, active_units) joins the table.
+    old = tmp_path / "old-digits"
+    old.mkdir()
+    shutil.copy(Path(__file__).resolve().parents[1] / "results" / "mnist" / "eval-tuned-test-full-iw5000-gpu.json",
+                old / "eval_test.json")
+    cells = dict(zip(header, table_rows(cli("compare", text, old).out)[3]))
+    assert (cells["NLL"], cells["KL"], cells["AU"]) == ("85.65", "29.59", "32")

@@ -210,3 +210,10 @@ def test_dropout_keeps_one_minus_p_scales_the_kept_and_is_the_identity_in_eval()
     layer.eval()
     assert layer(x) is x
     assert Dropout(1.0)(x).abs().sum() == 0
+
+
+@pytest.mark.parametrize("decoder", sorted(DECODERS))
+def test_tied_embeddings_of_another_width_are_a_user_error(word_tokenizer, decoder):
+    """Every decoder refuses the same bad config with the one error type (a CLI line, not a traceback)."""
+    with pytest.raises(TextVAEError, match="tie_embeddings"):
+        build(word_tokenizer, decoder=decoder, tie_embeddings=True, embed_dim=8)

@@ -6,6 +6,7 @@ the collapse monitor, and the KL schedule as the trainer applies it.
 test_latent_objectives.py; here they go through the model and the trainer.)
 """
 
+import copy
 import json
 
 import pytest
@@ -174,7 +175,7 @@ def test_bn_vae_trains_through_a_batch_of_one(word_tokenizer, tmp_path):
     trainer = make_trainer(word_tokenizer, tmp_path / "run", model={"bn_vae_gamma": 0.5}, texts=TRAIN[:49], epochs=1)
     sizes = [len(b) for b in trainer.train_data.iterate(0)]
     assert 1 in sizes
-    assert trainer.fit()["step"] == len(sizes)
+    assert trainer.fit().step == len(sizes)
 
 
 # ------------------------------------------------------------ delta-VAE
@@ -206,12 +207,12 @@ def test_aggressive_training_runs_encoder_only_inner_loops(word_tokenizer, tmp_p
                            aggressive_max_inner=10)
     state = trainer.fit()
     inner = [r["inner_steps"] for r in train_records(tmp_path / "run")]
-    assert len(inner) == 4 and state["inner_steps"] == sum(inner) > 0
+    assert len(inner) == 4 and state.aggressive.inner_steps == sum(inner) > 0
     # Each outer step: at least two windows of CHECK_EVERY steps (the first
     # always improves on nothing), whole windows only, at most the maximum.
     assert all(4 <= n <= 10 and (n % 2 == 0 or n == 10) for n in inner), inner
     assert min(inner) < 10  # some inner loop stopped when its loss stopped falling
-    assert state["aggressive"]  # no validation yet: the phase goes on
+    assert state.aggressive.active  # no validation yet: the phase goes on
 
 
 @pytest.fixture
@@ -258,14 +259,14 @@ def test_aggressive_phase_ends_when_validation_mi_falls(aggressive_trainer):
     trainer, steps = aggressive_trainer, aggressive_trainer.aggressive
     for mi in (0.5, 0.7, 0.7):
         steps.after_validation({"mi": mi})
-        assert trainer.state["aggressive"]
+        assert trainer.state.aggressive.active
     steps.after_validation({"elbo": -10.0})  # no MI (a language model): no decision
-    assert trainer.state["aggressive"]
+    assert trainer.state.aggressive.active
     steps.after_validation({"mi": 0.6})
-    assert not trainer.state["aggressive"]
-    before = trainer.state["inner_steps"]
+    assert not trainer.state.aggressive.active
+    before = trainer.state.aggressive.inner_steps
     logs = steps.step(next(trainer.train_data.iterate(0)), 1.0)  # now a plain joint step
-    assert "inner_steps" not in logs and trainer.state["inner_steps"] == before
+    assert "inner_steps" not in logs and trainer.state.aggressive.inner_steps == before
 
 
 def test_aggressive_phase_validates_at_its_own_cadence(word_tokenizer, tmp_path, monkeypatch):
@@ -280,7 +281,7 @@ def test_aggressive_phase_validates_at_its_own_cadence(word_tokenizer, tmp_path,
     trainer.fit()
     valid_steps = [r["step"] for r in train_records(tmp_path / "run", "valid")]
     assert valid_steps == [2, 4, 6, 7, 14, 21]
-    assert not trainer.state["aggressive"]
+    assert not trainer.state.aggressive.active
 
 
 def test_aggressive_phase_ends_at_its_step_cap(word_tokenizer, tmp_path, monkeypatch):
@@ -288,7 +289,7 @@ def test_aggressive_phase_ends_at_its_step_cap(word_tokenizer, tmp_path, monkeyp
     trainer = make_trainer(word_tokenizer, tmp_path / "run", max_steps=6, epochs=10, aggressive=True,
                            aggressive_max_inner=2, aggressive_max_steps=3)
     state = trainer.fit()
-    assert not state["aggressive"]
+    assert not state.aggressive.active
     assert [r.get("inner_steps") for r in train_records(tmp_path / "run")] == [2, 2, 2, None, None, None]
 
 
@@ -305,7 +306,7 @@ def test_ae_pretraining_then_fresh_decoder_and_kept_encoder(word_tokenizer, tmp_
     def reset_and_record():
         before = (snapshot(encoder), snapshot(decoder))
         original()
-        resets.append((dict(trainer.state), before, (snapshot(encoder), snapshot(decoder))))
+        resets.append((copy.deepcopy(trainer.state), before, (snapshot(encoder), snapshot(decoder))))
 
     model.reset_decoder = reset_and_record
     trainer.fit()
@@ -313,7 +314,7 @@ def test_ae_pretraining_then_fresh_decoder_and_kept_encoder(word_tokenizer, tmp_
 
     assert len(resets) == 1
     state, (encoder_before, decoder_before), (encoder_after, decoder_after) = resets[0]
-    assert (state["epoch"], state["batch"], state["step"]) == (1, 0, per_epoch)
+    assert (state.epoch, state.batch, state.step) == (1, 0, per_epoch)
     assert all(not torch.equal(a, b) for a, b in zip(decoder_after, decoder_before))  # re-initialised ...
     assert all(torch.equal(a, b) for a, b in zip(encoder_after, encoder_before))  # ... the encoder kept
     assert trainer.optimizer is not first_optimizer  # fresh Adam state for the VAE phase
@@ -322,7 +323,7 @@ def test_ae_pretraining_then_fresh_decoder_and_kept_encoder(word_tokenizer, tmp_
     # Epoch 2: the schedule starts from its beginning (linear over 4 steps).
     assert [weights[per_epoch + 1 + i] for i in range(per_epoch)] == \
         pytest.approx([min(1.0, i / 4) for i in range(per_epoch)])
-    assert trainer.state["phase_start"] == per_epoch
+    assert trainer.state.phase_start == per_epoch
 
 
 # ------------------------------------------------------- collapse monitor
@@ -339,16 +340,16 @@ def test_collapse_warning_after_two_collapsed_evaluations_and_only_once(word_tok
     trainer = make_trainer(word_tokenizer, tmp_path / "run")
     capsys.readouterr()
     for result in (HEALTHY, HEALTHY, collapsed, HEALTHY, collapsed):  # never two in a row
-        trainer._monitor_collapse(result)
+        trainer.collapse_monitor.after_validation(result)
     assert collapse_warnings(capsys) == []
-    trainer._monitor_collapse(collapsed)  # the second in a row
+    trainer.collapse_monitor.after_validation(collapsed)  # the second in a row
     warnings = collapse_warnings(capsys)
     assert len(warnings) == 1
     assert warnings[0].startswith("textvae: warning: posterior collapse at step 0: ")
     assert f"KL {collapsed['kl']:.3f} nats per example, {collapsed['au']} active units" in warnings[0]
     assert "model.bn_vae_gamma" in warnings[0] and "train.aggressive=true" in warnings[0]
     for result in (collapsed, collapsed, HEALTHY, collapsed, collapsed):
-        trainer._monitor_collapse(result)
+        trainer.collapse_monitor.after_validation(result)
     assert collapse_warnings(capsys) == []  # only once per run
 
 
@@ -357,8 +358,8 @@ def test_no_collapse_warning_for_a_healthy_model_or_during_ae_pretraining(word_t
     pretraining = make_trainer(word_tokenizer, tmp_path / "b", ae_pretrain_epochs=1)
     capsys.readouterr()
     for _ in range(5):
-        healthy._monitor_collapse(HEALTHY)
-        pretraining._monitor_collapse(COLLAPSED[0])  # the KL weight is 0: collapse is expected
+        healthy.collapse_monitor.after_validation(HEALTHY)
+        pretraining.collapse_monitor.after_validation(COLLAPSED[0])  # the KL weight is 0: collapse is expected
     assert collapse_warnings(capsys) == []
 
 
@@ -367,7 +368,7 @@ def test_collapse_warning_suggests_only_remedies_not_in_use(word_tokenizer, tmp_
                            objective={"free_bits": 0.5})
     capsys.readouterr()
     for _ in range(2):
-        trainer._monitor_collapse(COLLAPSED[0])
+        trainer.collapse_monitor.after_validation(COLLAPSED[0])
     (warning,) = collapse_warnings(capsys)
     assert "train.aggressive=true" in warning and "model.word_dropout" in warning
     assert "bn_vae_gamma" not in warning and "free_bits" not in warning

@@ -100,7 +100,7 @@ def test_cosine_turns_off_plateau_decays(word_tokenizer, tmp_path):
                            lr_patience=1, lr_schedule="cosine")  # lr 50 diverges: validation never improves
     trainer.fit()
     assert not any("decayed" in str(r) for r in records(tmp_path / "run"))
-    assert trainer.state["decays"] == 0
+    assert trainer.state.plateau.decays == 0
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
@@ -117,4 +117,13 @@ def test_bad_schedule_settings_are_refused(key, value):
     from textvae.config import build_config
 
     with pytest.raises(TextVAEError):
+        build_config(None, [f"{key}={value}"])
+
+
+@pytest.mark.parametrize("key", ["objective.kl_weight", "model.dropout", "train.weight_decay", "train.grad_clip"])
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", "1e400"])
+def test_no_config_number_may_be_infinite_or_nan(key, value):
+    from textvae.config import build_config
+
+    with pytest.raises(TextVAEError, match="finite|must be"):
         build_config(None, [f"{key}={value}"])

@@ -8,7 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from textvae.data import TextBatches, tokenize_split
-from textvae.training.checkpoint import find_checkpoint
+from textvae.run_folder import find_checkpoint
+from textvae.training.state import TrainState
 from textvae.training.trainer import Trainer
 
 from conftest import TINY_FLAGS, TRAIN, VALID, tiny_config
@@ -36,7 +37,7 @@ def make_trainer(tokenizer, run_dir, **train):
 def test_training_loss_falls_and_the_run_folder_is_complete(word_tokenizer, tmp_path):
     trainer = make_trainer(word_tokenizer, tmp_path / "run", max_steps=30, epochs=100, eval_every=10, lr=0.02)
     state = trainer.fit()
-    assert state["step"] == 30 and state["finished"]
+    assert state.step == 30 and state.finished and state.stop_reason == "max_steps"
     train = records(tmp_path / "run", "train")
     assert [r["step"] for r in train] == list(range(1, 31))
     assert {"loss", "rec", "kl", "kl_weight", "lr", "epoch"} <= set(train[0])
@@ -56,7 +57,7 @@ def test_validation_once_per_epoch_by_default(word_tokenizer, tmp_path):
     trainer = make_trainer(word_tokenizer, tmp_path / "run", epochs=2)
     state = trainer.fit()
     steps_per_epoch = trainer.train_data.num_batches(0)
-    assert state["step"] == 2 * steps_per_epoch and state["epoch"] == 2
+    assert state.step == 2 * steps_per_epoch and state.epoch == 2
     assert [r["step"] for r in records(tmp_path / "run", "valid")] == [steps_per_epoch, 2 * steps_per_epoch]
 
 
@@ -98,12 +99,25 @@ def uninterrupted(tmp_path_factory, shared_corpus):
     return run
 
 
-@pytest.mark.parametrize("leftover", ["none", "garbage_tmp", "only_old"])
+def untyped(state: dict) -> dict:
+    """A state.json as the trainer wrote it before its state was typed: one flat dict."""
+    flat = {k: v for k, v in state.items() if k not in ("best_loss", "plateau", "collapse", "aggressive")}
+    flat.update(plateau_best=state["best_loss"], bad_evals=state["plateau"]["bad_evals"],
+                decays=state["plateau"]["decays"], collapse_streak=state["collapse"]["streak"],
+                collapse_warned=state["collapse"]["warned"], aggressive=state["aggressive"]["active"],
+                aggressive_best_mi=state["aggressive"]["best_mi"])
+    return flat
+
+
+@pytest.mark.parametrize("leftover", ["none", "garbage_tmp", "only_old", "untyped_state"])
 def test_resume_is_exact(uninterrupted, shared_corpus, tmp_path, leftover):
     run = tmp_path / "B"
     train_cli("--data", shared_corpus, "--out", run, *RESUME_FLAGS, "--set", f"train.max_steps={STEPS // 2}")
-    assert json.loads((run / "checkpoint" / "state.json").read_text())["step"] == STEPS // 2
-    if leftover == "garbage_tmp":  # a checkpoint write killed half-way
+    state_file = run / "checkpoint" / "state.json"
+    assert json.loads(state_file.read_text())["step"] == STEPS // 2
+    if leftover == "untyped_state":  # a run folder written before the state was typed
+        state_file.write_text(json.dumps(untyped(json.loads(state_file.read_text())), indent=2))
+    elif leftover == "garbage_tmp":  # a checkpoint write killed half-way
         (run / "checkpoint.tmp").mkdir()
         (run / "checkpoint.tmp" / "model.safetensors").write_bytes(b"\x00garbage")
         (run / "checkpoint.tmp" / "state.json").write_text("{not json")
@@ -139,9 +153,9 @@ def test_a_signal_stops_with_a_checkpoint_and_names_the_resume_command(word_toke
 
     trainer = make_trainer(word_tokenizer, tmp_path / "run", max_steps=30, epochs=100, log_every=4)
     trainer.command = "textvae mnist train"  # what the MNIST command passes
-    trainer._on_signal(signal.SIGTERM, None)  # as if SIGTERM arrived during the first step
+    trainer.signals.handle(signal.SIGTERM, None)  # as if SIGTERM arrived during the first step
     state = trainer.fit()
-    assert state["step"] == 1 and not state["finished"] and trainer.interrupted
+    assert state.step == 1 and not state.finished and trainer.interrupted
     assert json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())["step"] == 1
     assert f"continue with `textvae mnist train --resume {tmp_path / 'run'}`" in capsys.readouterr().err
 
@@ -190,10 +204,10 @@ def test_a_checkpoint_of_an_unfused_optimiser_resumes_with_the_fused_kernels(tmp
     old = torch.optim.Adam(model.parameters(), lr=0.01)  # as written before the fused kernels
     model(torch.randn(3, 4)).sum().backward()
     old.step()
-    save_checkpoint(tmp_path, model, old, {"step": 1})
+    save_checkpoint(tmp_path, model, old, TrainState(step=1))
     assert old.param_groups[0]["fused"] is None
     resumed = build_optimizer(model, TrainConfig(lr=0.01))
-    assert load_checkpoint(find_checkpoint(tmp_path), model, resumed) == {"step": 1}
+    assert load_checkpoint(find_checkpoint(tmp_path), model, resumed) == TrainState(step=1)
     assert resumed.param_groups[0]["fused"] is True
     torch.testing.assert_close(resumed.state[model.weight]["exp_avg"], old.state[model.weight]["exp_avg"])
     resumed.step()  # the fused kernel accepts the restored state

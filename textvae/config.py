@@ -10,26 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import TextVAEError
-
-PRESET_DIR = Path(__file__).parent / "presets"
-
-
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise TextVAEError(message)
-
-
-def _choice(name: str, value: str, choices: typing.Iterable[str]) -> None:
-    choices = list(choices)
-    _check(value in choices, f"{name}={value!r} is not one of {', '.join(map(repr, choices))}")
+from . import config_tree
+# Files, presets and type-checked trees are shared with the image config (config_tree.py).
+from .config_tree import _check, _choice, from_dict, list_presets, read_config_file  # noqa: F401
 
 
 @dataclass
@@ -58,12 +45,10 @@ class DataConfig:
     max_length: int = 64  # tokens per sentence, not counting bos/eos; longer ones are truncated
     text_column: str = "text"  # for hub datasets
     bucket_batches: int = 50  # length-bucketing window, in batches
-    num_workers: int = 0
 
     def __post_init__(self) -> None:
         _check(self.max_length >= 1, "data.max_length must be >= 1")
         _check(self.bucket_batches >= 1, "data.bucket_batches must be >= 1")
-        _check(self.num_workers >= 0, "data.num_workers must be >= 0")
 
 
 @dataclass
@@ -234,6 +219,9 @@ class Config:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "Config":
+        if isinstance(raw.get("data"), dict) and "num_workers" in raw["data"]:
+            # Read nowhere and removed; run folders written before still hold it.
+            raw = {**raw, "data": {k: v for k, v in raw["data"].items() if k != "num_workers"}}
         return from_dict(cls, raw, "")
 
     @classmethod
@@ -241,145 +229,14 @@ class Config:
         return cls.from_dict(read_config_file(path))
 
 
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML or JSON file into a dict; a preset name is looked up too."""
-    path = Path(path)
-    if not path.exists():
-        for candidate in (PRESET_DIR / path.name, PRESET_DIR / f"{path.name}.yaml"):
-            if path.parent.name in ("", "presets") and candidate.exists():
-                path = candidate
-                break
-        else:
-            raise TextVAEError(f"config file {path} does not exist (presets: {', '.join(list_presets())})")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix == ".json":
-            raw = json.loads(text)
-        else:
-            raw = load_yaml(text)
-    except Exception as error:  # yaml and json raise several types
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise TextVAEError(f"cannot parse config file {path}: {first_line}") from None
-    if raw is None:
-        raw = {}
-    _check(isinstance(raw, dict), f"config file {path} must hold a mapping of sections")
-    return raw
-
-
-# PyYAML follows YAML 1.1, where a float needs a dot and a signed exponent:
-# "1e-3" and "1.0e3" would stay strings and be refused for train.lr.
-_EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$")
-
-
-def load_yaml(text: str) -> Any:
-    """``yaml.safe_load`` that also reads ``1e-3`` as a float (as YAML 1.2 and JSON do)."""
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789"))
-    return yaml.load(text, Loader=Loader)
-
-
-def list_presets() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-
-
-def from_dict(cls: type, raw: dict[str, Any], prefix: str) -> Any:
-    """Build dataclass ``cls`` from nested dicts, rejecting unknown keys."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in raw.items():
-        dotted = f"{prefix}{key}"
-        _check(key in names, f"unknown config key {dotted!r} (known: {', '.join(sorted(names))})")
-        kind = hints[key]
-        if dataclasses.is_dataclass(kind):
-            _check(isinstance(value, dict), f"config key {dotted!r} must be a section")
-            kwargs[key] = from_dict(kind, value, dotted + ".")
-        else:
-            kwargs[key] = _coerce(value, kind, dotted)
-    return cls(**kwargs)
-
-
-def _coerce(value: Any, kind: Any, dotted: str) -> Any:
-    """Check that ``value`` fits the annotated type (ints may stand for floats)."""
-    origin = typing.get_origin(kind)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(kind) if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(value, args[0], dotted)
-    if kind is bool:
-        _check(isinstance(value, bool), f"config key {dotted!r} must be true or false, got {value!r}")
-    elif kind is int:
-        _check(isinstance(value, int) and not isinstance(value, bool),
-               f"config key {dotted!r} must be an integer, got {value!r}")
-    elif kind is float:
-        _check(isinstance(value, (int, float)) and not isinstance(value, bool),
-               f"config key {dotted!r} must be a number, got {value!r}")
-        return float(value)
-    elif kind is str:
-        _check(isinstance(value, str), f"config key {dotted!r} must be a string, got {value!r}")
-    return value
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"model.latent_dim=16"`` -> (["model", "latent_dim"], 16) with a YAML-typed value."""
-    import yaml
-
-    _check("=" in text, f"--set expects KEY=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    _check(bool(key.strip()), f"--set expects KEY=VALUE, got {text!r}")
-    try:
-        parsed = load_yaml(value) if value.strip() else ""
-    except yaml.YAMLError:
-        parsed = value
-    if isinstance(parsed, (dict, list)):
-        parsed = value
-    return key.strip().split("."), parsed
-
-
 def apply_overrides(raw: dict[str, Any], overrides: list[str], root: Optional[type] = None) -> dict[str, Any]:
     """Apply ``--set`` strings to a raw config dict; keys are checked by ``from_dict``.
     ``root`` is the config tree's class (default ``Config``; the image model has its own)."""
-    root = root or Config
-    for text in overrides:
-        path, value = parse_override(text)
-        _check(len(path) == 2, f"--set key {'.'.join(path)!r} must be SECTION.FIELD, e.g. model.latent_dim")
-        section, name = path
-        sections = {f.name for f in dataclasses.fields(root)}
-        _check(section in sections, f"unknown config section {section!r} (known: {', '.join(sorted(sections))})")
-        target = raw.setdefault(section, {})
-        if not isinstance(value, str) and name in _string_fields(section, root):
-            value = text.split("=", 1)[1].strip()  # as typed: a path "007" is not 7, nor a name "1e3" 1000.0
-        target[name] = value
-    return raw
-
-
-def _string_fields(section: str, root: type) -> set[str]:
-    cls = typing.get_type_hints(root)[section]
-    return {name for name, kind in typing.get_type_hints(cls).items() if kind is str}
+    return config_tree.apply_overrides(raw, overrides, root or Config)
 
 
 def build_config(config_file: Optional[str | list[str]] = None, overrides: Optional[list[str]] = None,
                  base: Optional[dict[str, Any]] = None, root: Optional[type] = None) -> Any:
     """Config (or another ``root`` tree) from optional files (or a base dict) plus ``--set`` overrides.
     ``config_file`` is one file or a list (``--config`` repeated), later ones winning."""
-    root = root or Config
-    raw = dict(base or {})
-    for file in [config_file] if isinstance(config_file, (str, Path)) else config_file or []:
-        raw = _merge(raw, read_config_file(file))
-    raw = apply_overrides(raw, overrides or [], root)
-    return root.from_dict(raw)
-
-
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    merged = {key: dict(value) if isinstance(value, dict) else value for key, value in base.items()}
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key].update(value)
-        else:
-            merged[key] = value
-    return merged
+    return config_tree.build_tree(root or Config, config_file, overrides, base)

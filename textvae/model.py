@@ -9,14 +9,13 @@ With ``model.latent_dim=0`` it is the plain language-model baseline.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
-from .builtin import resolve_run
+from .base import BaseVAE
 from .config import Config
 from .data import TextBatch, collate
 from .errors import TextVAEError
@@ -25,15 +24,14 @@ from .nn import build_decoder, build_encoder, check_names
 from .nn.output import token_log_likelihood
 from .objectives import VAEOutput, word_dropout
 from .prior import build_prior
+from .run_folder import TOKENIZER_DIR
 from .tokenization import Tokenizer
-from .training.checkpoint import load_weights, save_weights
-
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-TOKENIZER_DIR = "tokenizer"
 
 
-class TextVAE(nn.Module):
+class TextVAE(BaseVAE):
+    KIND = "text"
+    CONFIG_CLASS = Config
+
     def __init__(self, config: Config, tokenizer: Tokenizer, saved_dir: Optional[Path] = None) -> None:
         """``saved_dir``: a run directory whose saved backbone configs rebuild
         any ``hf:`` encoder or decoder without its pretrained weights."""
@@ -43,7 +41,7 @@ class TextVAE(nn.Module):
         model = config.model
         self.latent_dim = model.latent_dim
         vocab, pad = tokenizer.vocab_size, tokenizer.pad_id
-        if self.latent_dim > 0:
+        if self.has_latent:
             self.encoder = build_encoder(model, vocab, pad, saved_dir)
             self.posterior_head = GaussianHead(self.encoder.output_dim, model.latent_dim, model.logvar_min,
                                                model.logvar_max, model.bn_vae_gamma, model.delta)
@@ -59,15 +57,14 @@ class TextVAE(nn.Module):
     # ----------------------------------------------------------------- core
     def posterior(self, batch: TextBatch) -> DiagonalGaussian:
         """q(z|x) for each sentence: mean and logvar (B, D)."""
-        if self.latent_dim == 0:
-            raise TextVAEError("this model is a language model (latent_dim=0): it has no latent space")
+        self.require_latent()
         return self.posterior_head(self.encoder(batch.tokens, batch.lengths))
 
     def forward(self, batch: TextBatch, generator: Optional[torch.Generator] = None) -> VAEOutput:
         """One-sample ELBO terms per sentence (nats)."""
         inputs, targets, mask = decoder_io(batch)
         z = kl_per_dim = mean = logvar = None
-        if self.latent_dim > 0:
+        if self.has_latent:
             q = self.posterior(batch)
             z, kl_per_dim, mean, logvar = q.sample(generator=generator), q.kl_per_dim(), q.mean, q.logvar
         if self.training and self.config.model.word_dropout > 0:
@@ -93,12 +90,6 @@ class TextVAE(nn.Module):
                                             z.reshape(samples * size, -1))
         return flat.view(samples, size)
 
-    def reset_decoder(self) -> None:
-        """Fresh decoder weights (Li et al. 2019: after autoencoder pretraining)."""
-        for module in self.decoder.modules():
-            if module is not self.decoder and hasattr(module, "reset_parameters"):
-                module.reset_parameters()
-
     # ------------------------------------------------------------ batching
     def batch(self, texts: list[str]) -> TextBatch:
         """Tokenise raw sentences into a batch on the model's device."""
@@ -113,10 +104,6 @@ class TextVAE(nn.Module):
                 raise TextVAEError(f"{text!r} has no tokens")
             ids.append(tokens)
         return collate(ids, range(len(ids)), self.tokenizer).to(self.device)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
 
     # ------------------------------------------------------------ using it
     def encode(self, texts: list[str]) -> DiagonalGaussian:
@@ -145,32 +132,27 @@ class TextVAE(nn.Module):
         return interpolate(self, start, end, steps, **options)
 
     # --------------------------------------------------------- persistence
-    def save_pretrained(self, directory: str | Path) -> None:
-        """``config.json``, ``model.safetensors``, ``tokenizer/`` and any
-        backbone configs; the weights are written to a temporary file and renamed into place."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.config.save(directory / CONFIG_FILE)
+    def save_files(self, directory: Path) -> None:
+        """``tokenizer/``, and ``backbone_encoder/`` / ``backbone_decoder/`` for
+        hf: backbones, so that ``from_pretrained`` rebuilds them offline from
+        config and weights (``save_pretrained`` adds config and weights)."""
         self.tokenizer.save(directory / TOKENIZER_DIR)
-        self.save_backbone_configs(directory)
-        save_weights(self, directory / WEIGHTS_FILE)
-
-    def save_backbone_configs(self, directory: str | Path) -> None:
-        """``backbone_encoder/`` and ``backbone_decoder/`` for hf: backbones, so
-        that ``from_pretrained`` rebuilds them offline from config and weights."""
         for module in self._backbones():
-            module.save_backbone_config(Path(directory))
+            module.save_backbone_config(directory)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "TextVAE":
-        """A trained model from a run folder, or a built-in model by name
-        (``TextVAE.from_pretrained("wordnet")``; an existing path wins)."""
-        directory = resolve_run(directory)
-        check_run_dir(directory)
-        config = Config.load(directory / CONFIG_FILE)
-        model = cls(config, Tokenizer.load(directory / TOKENIZER_DIR), saved_dir=directory)
-        load_weights(model, directory / WEIGHTS_FILE)
-        return model.to(device).eval()
+        """The trained text model of a run folder (``config.json``,
+        ``model.safetensors``, ``tokenizer/``), or a built-in model by name
+        (``TextVAE.from_pretrained("wordnet")``; an existing path wins): how
+        every command loads one."""
+        return super().from_pretrained(directory, device)
+
+    @classmethod
+    def from_folder(cls, directory: Path, config: Config) -> "TextVAE":
+        """The architecture of the run in ``directory`` under ``config``, with
+        its tokenizer and backbone configs, freshly initialised."""
+        return cls(config, Tokenizer.load(directory / TOKENIZER_DIR), saved_dir=directory)
 
 
 def decoder_io(batch: TextBatch) -> tuple[Tensor, Tensor, Tensor]:
@@ -180,17 +162,3 @@ def decoder_io(batch: TextBatch) -> tuple[Tensor, Tensor, Tensor]:
     positions = torch.arange(targets.shape[1], device=targets.device)
     mask = positions.unsqueeze(0) < (batch.lengths - 1).unsqueeze(1)  # (B, T-1)
     return inputs, targets, mask
-
-
-def check_run_dir(directory: Path) -> None:
-    if not directory.is_dir():
-        raise TextVAEError(f"{directory} is not a run directory (no such folder)")
-    for name in (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_DIR):
-        if not (directory / name).exists():
-            raise TextVAEError(f"{directory} is not a textvae run directory (no {name})")
-    try:
-        kind = json.loads((directory / CONFIG_FILE).read_text()).get("kind", "text")
-    except (json.JSONDecodeError, AttributeError):
-        raise TextVAEError(f"{directory / CONFIG_FILE} is not valid JSON") from None
-    if kind != "text":
-        raise TextVAEError(f"{directory} holds a {kind} model, not a text VAE")

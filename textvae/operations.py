@@ -38,7 +38,7 @@ def sample(model, n: int = 10, strategy: str = "sample", seed: Optional[int] = N
     model.eval()
     generator = _generator(model, seed)
     z = None
-    if model.latent_dim > 0:
+    if model.has_latent:
         z = model.prior.sample(n, generator, model.device)
     return model.tokenizer.decode_batch(_decode(model, z, n, _settings(model, strategy, max_length, **options),
                                                 generator))
@@ -52,14 +52,22 @@ def encode(model, texts: list[str]) -> DiagonalGaussian:
 
 
 @torch.no_grad()
-def reconstruct(model, texts: list[str], strategy: str = "greedy", use_mean: bool = True,
-                seed: Optional[int] = None, max_length: Optional[int] = None, **options) -> list[str]:
-    """Decode each text from its posterior mean (or a posterior sample)."""
-    q = encode(model, texts)
+def reconstruct(model, texts: list[str], **options) -> list[str]:
+    """Decode each text from its posterior mean (or a posterior sample); options as ``reconstruct_batch``."""
+    return reconstruct_batch(model, model.batch(texts), **options)
+
+
+@torch.no_grad()
+def reconstruct_batch(model, batch: TextBatch, strategy: str = "greedy", use_mean: bool = True,
+                      seed: Optional[int] = None, max_length: Optional[int] = None, **options) -> list[str]:
+    """Decode each sentence of a tokenised batch (on the model's device) from
+    its posterior mean, or a posterior sample with ``use_mean=False``."""
+    model.eval()
+    q = model.posterior(batch)
     generator = _generator(model, seed)
     z = q.mean if use_mean else q.sample(generator=generator)
     settings = _settings(model, strategy, max_length, **options)
-    return model.tokenizer.decode_batch(_decode(model, z, len(texts), settings, generator))
+    return model.tokenizer.decode_batch(_decode(model, z, len(batch), settings, generator))
 
 
 @torch.no_grad()
@@ -119,7 +127,7 @@ def complete(model, prefix: str, n: int = 5, strategy: str = "sample", seed: Opt
     if all(t == model.tokenizer.unk_id for t in prefix_ids):
         raise TextVAEError(f"every word of {prefix!r} is unknown to the model's vocabulary")
     generator = _generator(model, seed)
-    z = posterior_given_prefix(model, prefix_ids, n, proposals, generator) if model.latent_dim > 0 else None
+    z = posterior_given_prefix(model, prefix_ids, n, proposals, generator) if model.has_latent else None
     settings = _settings(model, strategy, max(max_length or model.config.data.max_length, len(prefix_ids) + 1),
                          **options)
     ends_word = prefix.rstrip()[-1:].isalnum() and not continue_word
@@ -149,8 +157,7 @@ def slerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
 def interpolate(model, start: str, end: str, steps: int = 7, method: str = "linear", strategy: str = "greedy",
                 seed: Optional[int] = None, max_length: Optional[int] = None, **options) -> list[str]:
     """Decode ``steps`` points on the path between the posterior means of two sentences."""
-    if model.latent_dim == 0:
-        raise TextVAEError("this model is a language model (latent_dim=0): it has no latent space")
+    model.require_latent()
     if steps < 2:
         raise TextVAEError("interpolation needs --steps >= 2")
     if method not in ("linear", "slerp"):

@@ -13,12 +13,12 @@ from ..errors import TextVAEError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import evaluate, mnist, models, serve, train, use
+    from . import evaluate, info, mnist, models, serve, train, use
 
     parser = argparse.ArgumentParser(prog="textvae", description="Sentence variational autoencoders.")
     parser.add_argument("-q", "--quiet", action="store_true", help="only errors and warnings on stderr")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (train, use, evaluate, models, serve, mnist):
+    for module in (train, use, evaluate, info, models, serve, mnist):
         module.register(commands)
     return parser
 

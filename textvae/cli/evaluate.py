@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 from pathlib import Path
 
 from .. import builtin
 from ..builtin import resolve_run
 from ..errors import TextVAEError
+from ..evaluation.results import compare_table, read_run_result
+from ..run_folder import eval_file, write_json_atomic
 
 log = logging.getLogger("textvae")
-
-COMPARE_COLUMNS = [("nll", "NLL"), ("ppl", "PPL"), ("elbo", "ELBO"), ("rec", "rec"), ("kl", "KL"), ("mi", "MI"),
-                   ("au", "AU"), ("bleu", "BLEU"), ("distinct_2", "distinct-2"), ("self_bleu", "self-BLEU")]
 
 
 def register(commands) -> None:
@@ -34,7 +31,7 @@ def register(commands) -> None:
     p.add_argument("--json", metavar="FILE", help="also write the results here")
     p.set_defaults(handler=_eval)
 
-    p = commands.add_parser("compare", help="Markdown table of the stored evaluations of several runs")
+    p = commands.add_parser("compare", help="Markdown table of the stored evaluations of several runs (text or MNIST)")
     p.add_argument("runs", nargs="+", metavar="RUN")
     p.add_argument("--split", default="test")
     p.set_defaults(handler=_compare)
@@ -49,7 +46,7 @@ def _eval(args: argparse.Namespace) -> None:
     from ..data import load_splits, read_texts
     from ..evaluation.text_eval import EvalSettings, evaluate_text, format_table
     from ..model import TextVAE
-    from ..training.trainer import describe_device, resolve_device
+    from ..runtime import describe_device, resolve_device
 
     if args.iw_samples < 1 or args.iw_chunk < 1 or args.batch_size < 1 or args.samples < 1:
         raise TextVAEError("--iw-samples, --iw-chunk, --batch-size and --samples must be >= 1")
@@ -65,36 +62,16 @@ def _eval(args: argparse.Namespace) -> None:
     result["device"] = describe_device(device)
     result["command"] = args.invocation
     print(format_table(result))
-    text = json.dumps(result, indent=2) + "\n"
     run_dir = resolve_run(args.run)
-    if not run_dir.resolve().is_relative_to(builtin.PRETRAINED_DIR.resolve()):  # built-in models are read-only
-        _write_atomic(run_dir / f"eval_{args.split}.json", text)
-    if args.json:
-        _write_atomic(Path(args.json), text)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    targets = [] if run_dir.resolve().is_relative_to(builtin.PRETRAINED_DIR.resolve()) \
+        else [run_dir / eval_file(args.split)]  # built-in models are read-only
+    for path in targets + ([Path(args.json)] if args.json else []):
+        write_json_atomic(path, result)
 
 
 def _compare(args: argparse.Namespace) -> None:
-    rows = []
-    for run in args.runs:
-        path = Path(run) / f"eval_{args.split}.json"
-        if not path.exists():
-            raise TextVAEError(f"{run} has no stored evaluation ({path.name}); run `textvae eval {run} --data ...`")
-        rows.append((run, json.loads(path.read_text())))
-    header = "| run | " + " | ".join(label for _, label in COMPARE_COLUMNS) + " |"
-    print(header)
-    print("|" + "---|" * (len(COMPARE_COLUMNS) + 1))
-    for run, result in rows:
-        cells = []
-        for key, _ in COMPARE_COLUMNS:
-            value = result.get(key)
-            cells.append("–" if value is None else f"{value:d}" if isinstance(value, int) else f"{value:.2f}")
-        print(f"| {Path(run).name} | " + " | ".join(cells) + " |")
+    """One row per run, text and MNIST alike (the shared result schema)."""
+    print(compare_table([(Path(run).name, read_run_result(Path(run), args.split)) for run in args.runs]))
 
 
 def _plot(args: argparse.Namespace) -> None:

@@ -58,8 +58,8 @@ def _fit_prior(args: argparse.Namespace) -> None:
     from ..data import read_texts
     from ..model import TextVAE
     from ..operations import fit_prior
-    from ..training.checkpoint import save_weights
-    from ..training.trainer import resolve_device
+    from ..run_folder import CONFIG_FILE, WEIGHTS_FILE, save_weights
+    from ..runtime import resolve_device
 
     run = Path(args.run)
     if not run.is_dir():
@@ -76,10 +76,10 @@ def _fit_prior(args: argparse.Namespace) -> None:
     if len(texts) > args.max_sentences:
         texts = random.Random(args.seed).sample(texts, args.max_sentences)
     figures = fit_prior(model, texts, args.components, seed=args.seed)
-    save_weights(model, run / "model.safetensors")
-    tmp = run / "config.json.tmp"
+    save_weights(model, run / WEIGHTS_FILE)
+    tmp = run / (CONFIG_FILE + ".tmp")
     model.config.save(tmp)
-    os.replace(tmp, run / "config.json")
+    os.replace(tmp, run / CONFIG_FILE)
     log.info(f"mixture prior: {figures['components']} components fitted to {figures['points']:,} posterior means "
              f"in {figures['iterations']} EM steps; mean log-density {figures['log_likelihood']:.2f} nats "
              f"(N(0, I): {figures['normal_log_likelihood']:.2f}); {run} now samples from it")

@@ -80,7 +80,7 @@ def _resolve_device(name: str):
     try:  # where the package restructuring puts it
         from ..runtime import resolve_device
     except ImportError:
-        from ..training.trainer import resolve_device
+        from ..runtime import resolve_device
     return resolve_device(name)
 
 

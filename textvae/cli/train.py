@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
-import shutil
+import math
 from pathlib import Path
+from typing import Optional
 
 import torch
 
-from ..config import Config, apply_overrides, build_config, list_presets
+from ..config import Config, build_config, list_presets
 from ..data import TextBatches, load_splits, read_texts, split_off_validation
 from ..errors import TextVAEError
-from ..model import CONFIG_FILE, TOKENIZER_DIR, TextVAE
+from ..model import TextVAE
+from ..run_folder import CONFIG_FILE, TOKENIZER_DIR
 from ..tokenization import Tokenizer, build_tokenizer
 from ..training import distributed
 from ..training.trainer import Trainer
+from . import launch
 
 log = logging.getLogger("textvae")
 
@@ -46,8 +48,6 @@ def budget_overrides(args: argparse.Namespace) -> list[str]:
     unless the command line sets one."""
     if args.time_budget is None:
         return []
-    import math
-
     if not (math.isfinite(args.time_budget) and args.time_budget > 0):
         raise TextVAEError(f"--time-budget must be a positive number of minutes, got {args.time_budget:g}")
     limits = any(o.split("=", 1)[0].strip() in ("train.epochs", "train.max_steps") for o in args.overrides)
@@ -55,30 +55,11 @@ def budget_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    cuda_device = distributed.init_from_env()
-    try:
-        if args.resume:
-            trainer = _resume(args, cuda_device)
-        else:
-            trainer = _new_run(args, cuda_device)
-        state = trainer.fit()
-    finally:
-        distributed.shutdown()
-    if trainer.interrupted:
-        return 130
-    if distributed.rank() == 0:
-        log.info(f"done at step {state['step']}; best validation -ELBO {state['saved_best']:.3f} nats per sentence; "
-                 f"model in {trainer.run_dir}")
-    return 0
+    return launch.train(args, TEXT_RUN)
 
 
-def _new_run(args: argparse.Namespace, cuda_device) -> Trainer:
-    if not args.data or not args.out:
-        raise TextVAEError("train needs --data PATH and --out RUN (or --resume RUN)")
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise TextVAEError(f"{out} already exists; continue it with --resume {out} or choose another --out")
-    distributed.barrier()  # every rank has looked at --out before rank 0 creates it
+def _start(args: argparse.Namespace, out: Path, cuda_device) -> Trainer:
+    """A new text run in ``out``: config, tokenizer (trained on rank 0), model and trainer."""
     overrides = list(args.overrides) + ([f"tokenizer.spec={args.tokenizer}"] if args.tokenizer else []) \
         + budget_overrides(args)
     config = build_config(args.config, overrides, base={"data": {"path": args.data}})
@@ -92,48 +73,23 @@ def _new_run(args: argparse.Namespace, cuda_device) -> Trainer:
         model = TextVAE(config, tokenizer)  # built before the folder exists: bad names fail first
         out.mkdir(parents=True, exist_ok=True)
         config.save(out / CONFIG_FILE)
-        tokenizer.save(out / TOKENIZER_DIR)
-        model.save_backbone_configs(out)  # hf: backbones reload offline from these
+        model.save_files(out)  # the tokenizer, and the configs that rebuild hf: backbones offline
     distributed.barrier()
     tokenizer = Tokenizer.load(out / TOKENIZER_DIR)
     torch.manual_seed(config.train.seed)  # identical initial weights on every rank
     model = TextVAE(config, tokenizer)
     log.info(f"model: {sum(p.numel() for p in model.parameters()):,} parameters; vocabulary {tokenizer.vocab_size:,}")
-    try:
-        return _trainer(model, config, tokenizer, args.data, out, texts, cuda_device)
-    except BaseException:
-        if distributed.rank() == 0 and not (out / "checkpoint").exists():
-            shutil.rmtree(out, ignore_errors=True)  # a run that never started leaves nothing behind
-        raise
+    return _trainer(model, config, out, args.data, cuda_device, texts)
 
 
-def _resume(args: argparse.Namespace, cuda_device) -> Trainer:
-    run_dir = Path(args.resume)
-    if not (run_dir / CONFIG_FILE).exists() or not (run_dir / TOKENIZER_DIR).exists():
-        raise TextVAEError(f"{run_dir} is not a textvae run directory (no {CONFIG_FILE} or {TOKENIZER_DIR}/)")
-    if args.out or args.config or args.tokenizer:
-        raise TextVAEError("--resume continues a run as configured; only --data and --set train.* may be given")
-    if any(not o.startswith("train.") for o in args.overrides):
-        raise TextVAEError("with --resume only train.* fields may be overridden (e.g. train.max_steps, train.epochs)")
-    raw = json.loads((run_dir / CONFIG_FILE).read_text())
-    config = Config.from_dict(apply_overrides(raw, list(args.overrides) + budget_overrides(args)))
-    data = args.data or config.data.path
-    tokenizer = Tokenizer.load(run_dir / TOKENIZER_DIR)
-    model = TextVAE(config, tokenizer, saved_dir=run_dir)  # the checkpoint supplies every weight
-    trainer = _trainer(model, config, tokenizer, data, run_dir, None, cuda_device)
-    trainer.resume()
-    distributed.barrier()  # every rank has read config.json before rank 0 rewrites it
-    if distributed.rank() == 0:
-        config.save(run_dir / CONFIG_FILE)  # the new limits are part of the run's record
-    return trainer
-
-
-def _trainer(model: TextVAE, config: Config, tokenizer: Tokenizer, data: str, run_dir: Path, texts,
-             cuda_device=None) -> Trainer:
+def _trainer(model: TextVAE, config: Config, run_dir: Path, data: Optional[str], cuda_device=None,
+             texts=None) -> Trainer:
+    data = data or config.data.path
     if texts is None:
         texts = read_texts(data, ["train", "valid"], config.data.text_column)
         if "valid" not in texts:
             texts["train"], texts["valid"] = split_off_validation(texts["train"])
+    tokenizer = model.tokenizer
     splits = load_splits(data, tokenizer, ["train", "valid"], config.data.max_length, texts=texts)
     # Under torchrun on GPUs each rank trains on its own device; the saved
     # config keeps the device it was given ("auto"), so the run resumes anywhere.
@@ -144,3 +100,7 @@ def _trainer(model: TextVAE, config: Config, tokenizer: Tokenizer, data: str, ru
     if train.num_batches(0) == 0:
         raise TextVAEError("the training split has fewer sentences than one batch per process")
     return Trainer(model, train_cfg, config.objective, train, valid, run_dir)
+
+
+TEXT_RUN = launch.RunKind("text", "textvae train", "sentence", TextVAE, _start, _trainer, required=("data", "out"),
+                          overrides=budget_overrides, distributed=True)

@@ -11,7 +11,7 @@ import sys
 
 from ..errors import TextVAEError
 from ..model import TextVAE
-from ..training.trainer import resolve_device
+from ..runtime import resolve_device
 
 
 def _common(p: argparse.ArgumentParser, decoding: str) -> None:

@@ -6,14 +6,17 @@ the text and image models.
 It is a lower bound on log p(x) for every K, equals the ELBO in expectation
 at K = 1, and tightens towards log p(x) as K grows. A model offers
 ``posterior(batch) -> DiagonalGaussian`` and ``log_likelihood(batch, z)`` with
-z (S, B, D) -> (S, B), and may offer ``prior`` (prior.py; N(0, I) otherwise); the K samples are taken ``chunk`` at a time, so memory
-stays bounded, and combined with log-sum-exp.
+z (S, B, D) -> (S, B), and may offer ``prior`` (prior.py; N(0, I) otherwise); the K
+samples are taken ``chunk`` at a time, so memory stays bounded, and combined
+with log-sum-exp. ``importance_weighted_nll`` runs it over a whole split for
+both kinds of model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 from torch import Tensor
@@ -34,3 +37,36 @@ def importance_weighted_log_likelihood(model, batch, num_samples: int, chunk: in
         log_weight = model.log_likelihood(batch, z).float() + log_prior - q.log_prob(z)
         pieces.append(torch.logsumexp(log_weight, dim=0))  # (B,)
     return torch.logsumexp(torch.stack(pieces), dim=0) - math.log(num_samples)
+
+
+MAX_DECODES = 2000  # examples x samples decoded in one pass when no chunk is given (bounds memory)
+
+
+@torch.no_grad()
+def importance_weighted_nll(model, batches: Iterable, num_samples: int, device: torch.device, chunk: int = 0,
+                            autocast: Callable = contextlib.nullcontext, seed: int = 0,
+                            progress: Optional[Callable[[int], None]] = None) -> Tensor:
+    """-log p(x) of every example of ``batches``, in their order: (N,) float64 nats.
+
+    The one driver of the estimate above for the text and image models: K =
+    ``num_samples`` from one seeded generator over the whole split, ``chunk``
+    samples per decoder pass (0: as many as keep MAX_DECODES decodings a
+    pass). A model without a latent (the language-model baseline) has an
+    exact log p(x), its reconstruction term. ``progress`` is told how many
+    examples each batch held.
+    """
+    model.eval()
+    generator = torch.Generator(device=device).manual_seed(seed)
+    pieces = []
+    for batch in batches:
+        batch = batch.to(device)
+        with autocast():
+            if not model.has_latent:
+                log_px = -model(batch).rec
+            else:
+                samples = chunk or max(1, MAX_DECODES // len(batch))
+                log_px = importance_weighted_log_likelihood(model, batch, num_samples, samples, generator)
+        pieces.append(-log_px.double().cpu())
+        if progress:
+            progress(len(batch))
+    return torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.float64)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
-from ..errors import TextVAEError
+from ..run_folder import read_metrics
 
 PANELS = [  # (file stem, title, [(split, key, label)])
     ("reconstruction", "reconstruction term (nats/example)", [("train", "rec", "train"), ("valid", "rec", "valid")]),
@@ -15,19 +14,6 @@ PANELS = [  # (file stem, title, [(split, key, label)])
     ("valid_nll", "validation NLL bound: -ELBO (nats/example)", [("valid", "elbo", "-ELBO")]),
     ("latent_use", "latent use on validation", [("valid", "au", "active units"), ("valid", "mi", "MI (nats)")]),
 ]
-
-
-def read_metrics(run: Path) -> list[dict]:
-    path = run / "metrics.jsonl"
-    if not path.exists():
-        raise TextVAEError(f"{run} has no metrics.jsonl (is it a run directory?)")
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            raise TextVAEError(f"{path} line {number} is not JSON") from None
-    return records
 
 
 def plot_run(run: Path, out: Optional[Path] = None) -> list[Path]:

@@ -1,11 +1,12 @@
 """``textvae eval``: every figure the literature reports for a sentence VAE.
 
-All figures are per sentence in nats unless named otherwise:
+All figures are per sentence in nats unless named otherwise; the ones every
+model gets follow the shared schema of ``results.py``:
 
 - rec, kl, elbo: one-sample reconstruction term, closed-form KL, their sum
   with a minus sign (Bowman et al. 2016).
-- nll: -log p(x) by importance weighting with K samples from q(z|x) (Burda
-  et al. 2016); for a language model (latent_dim=0) the exact NLL.
+- nll (nll_stderr): -log p(x) by importance weighting with K samples from
+  q(z|x) (Burda et al. 2016); for a language model (latent_dim=0) the exact NLL.
 - ppl: exp(total nll / predicted tokens), tokens counting eos and not bos;
   ppl_word: the same over whitespace words + one eos per sentence, so that
   models with different tokenizers compare.
@@ -25,10 +26,11 @@ from typing import Any
 import torch
 
 from ..data import TextBatches, TextSplit
-from ..generation import GenerationConfig, generate
-from ..training.trainer import autocast_context
+from ..operations import reconstruct_batch
+from ..runtime import autocast_context
 from .elbo import evaluate_elbo
-from .likelihood import importance_weighted_log_likelihood
+from .likelihood import importance_weighted_nll
+from .results import likelihood_figures
 from .text_metrics import corpus_bleu, distinct_n, self_bleu
 
 
@@ -51,38 +53,12 @@ def _progress(total: int, desc: str):
 
 
 @torch.no_grad()
-def importance_weighted_nll(model, data: TextBatches, settings: EvalSettings, device: torch.device) -> float:
-    """Total -log p(x) over the split, nats (exact for a language model)."""
-    autocast = autocast_context(device, settings.precision)
-    generator = torch.Generator(device=device).manual_seed(settings.seed)
-    total = 0.0
-    bar = _progress(len(data), "IW-NLL")
-    for batch in data.iterate():
-        batch = batch.to(device)
-        with autocast():
-            if model.latent_dim == 0:
-                log_px = -model(batch).rec
-            else:
-                log_px = importance_weighted_log_likelihood(model, batch, settings.iw_samples, settings.iw_chunk,
-                                                            generator)
-        total -= float(log_px.double().sum())
-        bar.update(len(batch))
-    bar.close()
-    return total
-
-
-@torch.no_grad()
-def reconstructions(model, data: TextBatches, device: torch.device, max_length: int) -> list[str]:
+def reconstructions(model, data: TextBatches, device: torch.device) -> list[str]:
     """Greedy decodings from the posterior means, in the split's order."""
-    tok = model.tokenizer
     out: list[str] = [""] * len(data)
-    settings = GenerationConfig(strategy="greedy", max_length=max_length)
     for batch in data.iterate():
-        batch = batch.to(device)
-        z = model.posterior(batch).mean
-        ids = generate(model.decoder, z, len(batch), tok.bos_id, tok.eos_id, settings, forbidden=tok.never_generated)
-        for row, index in enumerate(batch.index.tolist()):
-            out[index] = tok.decode(ids[row])
+        for text, index in zip(reconstruct_batch(model, batch.to(device)), batch.index.tolist()):
+            out[index] = text
     return out
 
 
@@ -95,32 +71,35 @@ def exact_match(outputs: list[str], references: list[str]) -> float:
 
 
 def evaluate_text(model, split: TextSplit, settings: EvalSettings, device: torch.device) -> dict[str, Any]:
+    """Every figure of the module docstring on ``split``, in the shared result
+    schema (``results.py``) plus the text figures."""
     model.eval()
     tok = model.tokenizer
     data = TextBatches(split, tok, settings.batch_size, shuffle=False)
+    autocast = autocast_context(device, settings.precision)
     timings = {}
     start = time.perf_counter()
-    stats = evaluate_elbo(model, data.iterate(), device, autocast_context(device, settings.precision), settings.seed)
+    stats = evaluate_elbo(model, data.iterate(), device, autocast, settings.seed)
     timings["elbo_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    total_nll = importance_weighted_nll(model, data, settings, device)
+    bar = _progress(len(data), "IW-NLL")
+    nll = importance_weighted_nll(model, data.iterate(), settings.iw_samples, device, settings.iw_chunk, autocast,
+                                  settings.seed, bar.update)
+    bar.close()
     timings["nll_s"] = time.perf_counter() - start
-    sentences = len(split)
+    total_nll = float(nll.sum())
     tokens = sum(len(ids) + 1 for ids in split.ids)  # words/subwords + eos
     words = sum(len(text.split()) + 1 for text in split.texts)
-    result: dict[str, Any] = {
-        "split": split.name, "sentences": sentences, "tokens": tokens, "words": words,
-        "nll": total_nll / sentences, "ppl": float(torch.tensor(total_nll / tokens).exp()),
-        "elbo": stats["elbo"], "rec": stats["rec"], "kl": stats["kl"],
-    }
+    result: dict[str, Any] = {"split": split.name, "sentences": len(split), "tokens": tokens, "words": words,
+                              "unit": "nats per sentence", **likelihood_figures(stats, nll, model.latent_dim),
+                              "ppl": float(torch.tensor(total_nll / tokens).exp())}
     if tok.source != "word":
         result["ppl_word"] = float(torch.tensor(total_nll / words).exp())
     references = [tok.decode(ids) for ids in split.ids]
-    if model.latent_dim > 0:
-        result.update(mi=stats["mi"], au=stats["au"], au_variances=stats["au_variances"])
+    if model.has_latent:
         start = time.perf_counter()
-        outputs = reconstructions(model, data, device, model.config.data.max_length)
+        outputs = reconstructions(model, data, device)
         result["bleu"], result["bleu_signature"] = corpus_bleu(outputs, references)
         result["exact_match"] = exact_match(outputs, split.texts)
         timings["bleu_s"] = time.perf_counter() - start

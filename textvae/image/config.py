@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from ..config import ObjectiveConfig, TrainConfig, _check, _choice, build_config, from_dict
+from ..config import ObjectiveConfig, TrainConfig
+from ..config_tree import _check, _choice, build_tree, from_dict
 from ..errors import TextVAEError
 from .data import BINARIZE_MODES
+from .layers import ACTIVATIONS, UPSAMPLING
 
 KIND = "image"
 
@@ -54,8 +56,6 @@ class ImageModelConfig:
     bn_vae_gamma: float = 0.0  # Zhu et al. 2020; 0 disables
 
     def __post_init__(self) -> None:
-        from .model import ACTIVATIONS, UPSAMPLING
-
         for name in ("latent_dim", "channels", "hidden_dim", "kernel_size"):
             _check(getattr(self, name) >= 1, f"model.{name} must be >= 1")
         _check(self.kernel_size % 2 == 1, "model.kernel_size must be odd")
@@ -98,22 +98,4 @@ class ImageConfig:
 def build_image_config(config_file: Optional[str] = None, overrides: Optional[list[str]] = None,
                        base: Optional[dict[str, Any]] = None) -> ImageConfig:
     """Defaults, then an optional YAML/JSON file or preset, then ``--set`` overrides."""
-    return build_config(config_file, overrides, base, root=ImageConfig)
-
-
-def check_image_run_dir(directory: Path, weights: bool = True) -> None:
-    """Raise a one-line TextVAEError unless ``directory`` holds an image run."""
-    from .model import CONFIG_FILE, WEIGHTS_FILE
-
-    if not directory.is_dir():
-        raise TextVAEError(f"{directory} is not a run directory (no such folder)")
-    for name in (CONFIG_FILE,) + ((WEIGHTS_FILE,) if weights else ()):
-        if not (directory / name).exists():
-            raise TextVAEError(f"{directory} is not a textvae run directory (no {name})")
-    try:
-        raw = json.loads((directory / CONFIG_FILE).read_text())
-        kind = raw.get("kind", "text")
-    except (json.JSONDecodeError, AttributeError):
-        raise TextVAEError(f"{directory / CONFIG_FILE} is not valid JSON") from None
-    if kind != KIND:
-        raise TextVAEError(f"{directory} holds a {kind} model, not an MNIST VAE")
+    return build_tree(ImageConfig, config_file, overrides, base)

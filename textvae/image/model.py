@@ -9,8 +9,9 @@ trainer and importance-weighted NLL.
 
 p(x|z) is a product of independent Bernoulli pixels; log p(x|z) is summed
 over the 784 pixels, in nats per image. The model implements the interface
-the shared code uses: ``forward(batch) -> VAEOutput``, ``posterior(batch)``,
-``log_likelihood(batch, z)`` and ``reset_decoder()``.
+the shared code uses (``base.BaseVAE``): ``forward(batch) ->
+VAEOutput``, ``posterior(batch)``, ``log_likelihood(batch, z)`` and
+``reset_decoder()``. The layers are in ``layers.py``.
 """
 
 from __future__ import annotations
@@ -20,19 +21,15 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from ..base import BaseVAE
 from ..latent import DiagonalGaussian, GaussianHead
 from ..objectives import VAEOutput
-from ..training.checkpoint import load_weights, save_weights
 from .batches import ImageBatch
-from .config import ImageConfig, check_image_run_dir
+from .config import ImageConfig
 from .data import N_PIXELS, SIDE
-
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-ACTIVATIONS = {"relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU}
-COARSE = SIDE // 4  # 7: the feature maps' side after two 2x poolings
+from .layers import ACTIVATIONS, ConvDecoder, ConvEncoder
 
 
 def bernoulli_log_likelihood(logits: Tensor, images: Tensor) -> Tensor:
@@ -45,60 +42,10 @@ def bernoulli_log_likelihood(logits: Tensor, images: Tensor) -> Tensor:
     return -per_pixel.flatten(-3).sum(-1)
 
 
-class ConvEncoder(nn.Module):
-    def __init__(self, channels: int, kernel_size: int, hidden_dim: int, activation: type) -> None:
-        super().__init__()
-        pad = kernel_size // 2
-        self.features = nn.Sequential(
-            nn.Conv2d(1, channels, kernel_size, padding=pad), activation(), nn.MaxPool2d(2),  # (B, C, 14, 14)
-            nn.Conv2d(channels, 2 * channels, kernel_size, padding=pad), activation(), nn.MaxPool2d(2),  # (B, 2C, 7, 7)
-            nn.Flatten(),
-            nn.Linear(2 * channels * COARSE * COARSE, hidden_dim), activation(),
-        )
+class ConvVAE(BaseVAE):
+    KIND = "image"
+    CONFIG_CLASS = ImageConfig
 
-    def forward(self, images: Tensor) -> Tensor:
-        return self.features(images)  # (B, 1, 28, 28) -> (B, H)
-
-
-def nearest_upsampling(in_channels: int, out_channels: int, kernel_size: int) -> nn.Module:
-    """Nearest-neighbour 2x upsampling, then a size-keeping transposed conv."""
-    return nn.Sequential(nn.Upsample(scale_factor=2),
-                         nn.ConvTranspose2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2))
-
-
-def strided_upsampling(in_channels: int, out_channels: int, kernel_size: int) -> nn.Module:
-    """One transposed conv of stride 2 (kernel 4: every output pixel sees 2x2
-    input pixels). The same doubling learned in one step; on CPU it runs
-    several times faster than upsampling then convolving 4x as many pixels.
-    ``kernel_size`` is not used."""
-    return nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=1)
-
-
-UPSAMPLING = {"nearest": nearest_upsampling, "stride": strided_upsampling}
-
-
-class ConvDecoder(nn.Module):
-    def __init__(self, latent_dim: int, channels: int, kernel_size: int, hidden_dim: int, activation: type,
-                 upsampling: str = "nearest") -> None:
-        super().__init__()
-        self.channels = channels
-        upsample = UPSAMPLING[upsampling]
-        self.project = nn.Sequential(
-            nn.Linear(latent_dim, hidden_dim), activation(),
-            nn.Linear(hidden_dim, 2 * channels * COARSE * COARSE), activation(),
-        )
-        self.upsample = nn.Sequential(
-            upsample(2 * channels, channels, kernel_size), activation(),  # (B, C, 14, 14)
-            upsample(channels, 1, kernel_size),  # (B, 1, 28, 28)
-        )
-
-    def forward(self, z: Tensor) -> Tensor:
-        """z (N, D) -> Bernoulli logits (N, 1, 28, 28)."""
-        maps = self.project(z).view(-1, 2 * self.channels, COARSE, COARSE)  # (N, 2C, 7, 7)
-        return self.upsample(maps)
-
-
-class ConvVAE(nn.Module):
     def __init__(self, config: ImageConfig) -> None:
         super().__init__()
         self.config = config
@@ -129,16 +76,6 @@ class ConvVAE(nn.Module):
         samples, size = z.shape[0], z.shape[1]
         logits = self.decoder(z.reshape(samples * size, -1)).view(samples, size, 1, SIDE, SIDE)
         return bernoulli_log_likelihood(logits, batch.images.unsqueeze(0).expand_as(logits))
-
-    def reset_decoder(self) -> None:
-        """Fresh decoder weights (Li et al. 2019: after autoencoder pretraining)."""
-        for module in self.decoder.modules():
-            if module is not self.decoder and hasattr(module, "reset_parameters"):
-                module.reset_parameters()
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
 
     # ------------------------------------------------------------ using it
     @torch.no_grad()
@@ -173,17 +110,12 @@ class ConvVAE(nn.Module):
         return self.decode(path.reshape(-1, self.latent_dim)).view(len(a), steps, 1, SIDE, SIDE)
 
     # --------------------------------------------------------- persistence
-    def save_pretrained(self, directory: str | Path) -> None:
-        """``config.json`` (with ``"kind": "image"``) and ``model.safetensors``."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.config.save(directory / CONFIG_FILE)
-        save_weights(self, directory / WEIGHTS_FILE)
-
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "ConvVAE":
-        directory = Path(directory)
-        check_image_run_dir(directory)
-        model = cls(ImageConfig.load(directory / CONFIG_FILE))
-        load_weights(model, directory / WEIGHTS_FILE)
-        return model.to(device).eval()
+        """The trained MNIST model of a run folder (``config.json`` with
+        ``"kind": "image"``, ``model.safetensors``): how every command loads one."""
+        return super().from_pretrained(directory, device)
+
+    @classmethod
+    def from_folder(cls, directory: Path, config: ImageConfig) -> "ConvVAE":
+        return cls(config)

@@ -96,3 +96,21 @@ def _save(figure, path: str | Path, plt) -> Path:
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
+
+
+def latent_plane(means: Tensor) -> tuple[Tensor, tuple[str, str], str]:
+    """Posterior means (N, D) as 2-D points (N, 2) for ``save_scatter``: the
+    latent itself for D <= 2, else its first two principal components (PCA by
+    SVD of the centred means). Returns the points, the axis names and a phrase
+    that says which."""
+    dim = means.shape[1]
+    if dim == 2:
+        return means, ("z1", "z2"), "the 2-D latent"
+    if dim == 1:
+        return torch.cat([means, torch.zeros_like(means)], 1), ("z1", "z2"), "the 1-D latent"
+    centred = means - means.mean(0)
+    _, singular, vectors = torch.linalg.svd(centred, full_matrices=False)
+    share = float(singular[:2].pow(2).sum() / singular.pow(2).sum().clamp_min(1e-12))
+    return (centred @ vectors[:2].T,  # (N, 2)
+            ("principal component 1", "principal component 2"),
+            f"first 2 principal components of {dim} dims ({100 * share:.0f}% of the variance)")

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from ..config import ModelConfig
+from ..errors import TextVAEError
 from .dropout import Dropout
 
 
@@ -71,7 +72,7 @@ class LSTMDecoder(nn.Module):
         self.output = nn.Linear(config.hidden_dim, vocab_size)
         if config.tie_embeddings:
             if config.embed_dim != config.hidden_dim:
-                raise ValueError("model.tie_embeddings needs model.embed_dim == model.hidden_dim")
+                raise TextVAEError("model.tie_embeddings needs model.embed_dim == model.hidden_dim")
             self.output.weight = self.embedding.weight
 
     def initial_state(self, z: Optional[Tensor], batch_size: int) -> dict[str, Tensor]:

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import ModelConfig
-from .dropout import Dropout
 from ..errors import TextVAEError
+from .dropout import Dropout
 
 State = dict[str, Any]
 

@@ -7,37 +7,46 @@ every ``CHECK_EVERY`` inner steps, at most ``train.aggressive_max_inner``),
 then updates the decoder alone on the step's own batch. The phase ends at the
 first validation whose mutual information I(x; z) is lower than the previous
 one (or after ``train.aggressive_max_steps``, where set); training then goes
-on as usual.
+on as usual. The phase keeps its own state (``state.AggressiveState``: whether
+it lasts, its best MI, the position of the encoder's batch stream), so a
+resumed run draws the same inner batches.
 """
 
 from __future__ import annotations
 
 import math
 
+from .policies import Policy
+from .state import AggressiveState
+
 CHECK_EVERY = 15  # inner steps between two looks at the encoder's loss, as in the paper's code
 STREAM_EPOCH = 1_000_000  # inner batches come from a second, independent shuffle of the data
 
 
-class AggressiveSteps:
+class AggressivePhase(Policy):
+    """The trainer's step while the phase lasts (``step``), and the policy that
+    ends it after a validation (``after_validation``)."""
+
     def __init__(self, trainer) -> None:
-        self.trainer = trainer
+        super().__init__(trainer)
         model = trainer.model
         self.encoder_params = [p for name, p in model.named_parameters() if not name.startswith("decoder.")]
         self.decoder_params = [p for name, p in model.named_parameters() if name.startswith("decoder.")]
-        trainer.state.setdefault("inner_epoch", 0)
-        trainer.state.setdefault("inner_batch", 0)
-        trainer.state.setdefault("inner_steps", 0)
         self._stream = None
 
+    @property
+    def state(self) -> AggressiveState:
+        return self.trainer.state.aggressive  # read each time: resuming replaces the trainer's state
+
     def step(self, batch, beta: float) -> dict[str, float]:
-        trainer, state = self.trainer, self.trainer.state
+        trainer, state = self.trainer, self.state
         cap = trainer.config.aggressive_max_steps
-        if state["aggressive"] and cap and state["step"] >= cap:
+        if state.active and cap and trainer.state.step >= cap:
             self._end(f"reached train.aggressive_max_steps={cap}")
-        if not state["aggressive"]:
+        if not state.active:
             return trainer.train_step(batch, beta)
         inner = self.update_encoder(beta)
-        state["inner_steps"] += inner
+        state.inner_steps += inner
         logs = trainer.train_step(batch, beta, frozen=self.encoder_params)
         logs["inner_steps"] = inner
         return logs
@@ -60,28 +69,27 @@ class AggressiveSteps:
     def _next_batch(self):
         """The next batch of the inner stream; its position is in the trainer
         state, so a resumed run draws the same batches."""
-        state, data = self.trainer.state, self.trainer.train_data
+        state, data = self.state, self.trainer.train_data
         if self._stream is None:
-            self._stream = data.iterate(STREAM_EPOCH + state["inner_epoch"], state["inner_batch"])
+            self._stream = data.iterate(STREAM_EPOCH + state.inner_epoch, state.inner_batch)
         for batch in self._stream:
-            state["inner_batch"] += 1
+            state.inner_batch += 1
             return batch.to(self.trainer.device)
-        state["inner_epoch"] += 1
-        state["inner_batch"] = 0
+        state.inner_epoch += 1
+        state.inner_batch = 0
         self._stream = None
         return self._next_batch()
 
     def after_validation(self, result: dict) -> None:
         """End the aggressive phase when MI stops rising."""
-        state = self.trainer.state
-        if not state["aggressive"] or "mi" not in result:
+        state = self.state
+        if not state.active or "mi" not in result:
             return
-        if result["mi"] < state["aggressive_best_mi"]:
+        if result["mi"] < state.best_mi:
             self._end(f"MI fell to {result['mi']:.3f}")
-        state["aggressive_best_mi"] = max(state["aggressive_best_mi"], result["mi"])
+        state.best_mi = max(state.best_mi, result["mi"])
 
     def _end(self, why: str) -> None:
-        state = self.trainer.state
-        state["aggressive"] = False
-        self.trainer.log_info(f"aggressive phase over at step {state['step']} ({why}; "
-                              f"{state['inner_steps']} encoder-only steps in all)")
+        self.state.active = False
+        self.trainer.log_info(f"aggressive phase over at step {self.trainer.state.step} ({why}; "
+                              f"{self.state.inner_steps} encoder-only steps in all)")

@@ -1,12 +1,14 @@
-"""Weights and resumable training state, written atomically.
+"""Resumable training checkpoints, written atomically.
 
-Weights are safetensors; the optimiser and random-number states are plain
-tensors and numbers saved with ``torch.save`` and read back with
-``weights_only=True``: nothing pickled is ever loaded.
+``RUN/checkpoint/`` holds the weights (safetensors), the optimiser and
+random-number states (plain tensors and numbers saved with ``torch.save`` and
+read back with ``weights_only=True``: nothing pickled is ever loaded) and the
+trainer's typed state (``state.json``, ``state.py``).
 
 A checkpoint is a folder written next to its final place and renamed into it,
 so a process killed at any moment leaves either the old checkpoint or the new
-one, never half of one.
+one, never half of one (``run_folder.find_checkpoint`` finds whichever is
+complete).
 """
 
 from __future__ import annotations
@@ -15,37 +17,15 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import save_model
 from torch import nn
 
-from ..errors import TextVAEError
-
-CHECKPOINT_DIR = "checkpoint"
-
-
-def save_weights(model: nn.Module, path: Path) -> None:
-    """Atomic safetensors write (tied weights are stored once)."""
-    tmp = path.with_name(path.name + ".tmp")
-    save_model(model, str(tmp))
-    os.replace(tmp, path)
-
-
-def load_weights(model: nn.Module, path: Path) -> None:
-    if not path.exists():
-        raise TextVAEError(f"no weights at {path}")
-    try:
-        missing, unexpected = load_model(model, str(path), strict=False)
-    except Exception as error:
-        raise TextVAEError(f"cannot load weights from {path}: {str(error).splitlines()[0]}") from None
-    # A mixture prior is fitted after training (prior.py): checkpoints taken
-    # before the fit have none, and it stays unfitted until refitted.
-    missing = [name for name in missing if not name.startswith("prior.")]
-    if missing or unexpected:
-        raise TextVAEError(f"weights in {path} do not fit the config: missing {sorted(missing)[:3]}, "
-                           f"unexpected {sorted(unexpected)[:3]}")
+from ..run_folder import (CHECKPOINT_DIR, OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE, find_checkpoint, load_weights,
+                          read_json)
+from .state import TrainState
 
 
 def rng_state() -> dict[str, Any]:
@@ -61,16 +41,16 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState) -> None:
     """Write ``RUN/checkpoint/`` (weights, optimiser, RNG, trainer state)."""
     final = run_dir / CHECKPOINT_DIR
     tmp = run_dir / (CHECKPOINT_DIR + ".tmp")
     old = run_dir / (CHECKPOINT_DIR + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_model(model, str(tmp / "model.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "rng": rng_state()}, tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps(state, indent=2))
+    save_model(model, str(tmp / WEIGHTS_FILE))
+    torch.save({"optimizer": optimizer.state_dict(), "rng": rng_state()}, tmp / OPTIMIZER_FILE)
+    (tmp / STATE_FILE).write_text(json.dumps(state.to_dict(), indent=2))
     _fsync_dir(tmp)
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
@@ -79,20 +59,12 @@ def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Opti
     shutil.rmtree(old, ignore_errors=True)
 
 
-def find_checkpoint(run_dir: Path) -> Path:
-    """The newest complete checkpoint (``checkpoint/``, or ``checkpoint.old/``
-    if a process died between the two renames)."""
-    for name in (CHECKPOINT_DIR, CHECKPOINT_DIR + ".old"):
-        path = run_dir / name
-        if (path / "state.json").exists() and (path / "optimizer.pt").exists():
-            return path
-    raise TextVAEError(f"{run_dir} has no training checkpoint to resume from")
-
-
-def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restore weights, optimiser and RNG; return the trainer state."""
-    load_weights(model, path / "model.safetensors")
-    saved = torch.load(path / "optimizer.pt", weights_only=True)
+def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    initial: Optional[TrainState] = None) -> TrainState:
+    """Restore weights, optimiser and RNG from the checkpoint folder ``path``;
+    return the trainer state (``initial`` fills what an older file lacks)."""
+    load_weights(model, path / WEIGHTS_FILE)
+    saved = torch.load(path / OPTIMIZER_FILE, weights_only=True)
     # The kernel choice is this process's, not the checkpoint's: a run saved
     # before the fused kernels (or on a device without them) resumes with
     # what build_optimizer chose here.
@@ -100,7 +72,12 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         group["fused"] = optimizer.defaults.get("fused")
     optimizer.load_state_dict(saved["optimizer"])
     set_rng_state(saved["rng"])
-    return json.loads((path / "state.json").read_text())
+    return TrainState.from_dict(read_json(path / STATE_FILE), initial)
+
+
+def read_state(run_dir: Path) -> TrainState:
+    """The trainer state of a run's newest checkpoint, without loading anything else."""
+    return TrainState.from_dict(read_json(find_checkpoint(run_dir) / STATE_FILE))
 
 
 def _fsync_dir(path: Path) -> None:

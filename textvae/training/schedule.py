@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 from ..config import TrainConfig
+from .state import TrainState
 
 
 def progress(step: int, total_steps: int, seconds: float, budget_seconds: float) -> float:
@@ -41,3 +42,16 @@ def lr_factor(config: TrainConfig, step: int, fraction: float) -> float:
     if config.lr_final_fraction > 0 and fraction > 1.0 - config.lr_final_fraction:
         return factor * max(0.0, (1.0 - fraction) / config.lr_final_fraction)
     return factor
+
+
+def phase_progress(config: TrainConfig, state: TrainState, total_steps: int) -> float:
+    """Fraction of the current phase (the run, or the VAE phase after AE
+    pretraining) done, by steps or by the time budget."""
+    budget = config.time_budget * 60 - state.phase_start_seconds if config.time_budget else 0.0
+    return progress(state.step - state.phase_start, total_steps - state.phase_start,
+                    state.seconds - state.phase_start_seconds, budget)
+
+
+def learning_rate(config: TrainConfig, state: TrainState, total_steps: int) -> float:
+    """The optimiser's rate now: the plateau-decayed base times the schedule's factor."""
+    return state.lr * lr_factor(config, state.step - state.phase_start, phase_progress(config, state, total_steps))
