@@ -1,0 +1,123 @@
+"""results/ptb_full.md and .json: the Penn Treebank table at full strength,
+an hour of training per run, from the runs in runs/ptb-full.
+
+Each row is trained by `textvae train` with `--time-budget 60` and evaluated
+by `textvae eval` on the test split; both commands are kept with the row
+(`eval_test.json` records the evaluation's own command and device). Rows not
+trained yet are listed as such.
+
+    python scripts/ptb_full_report.py [--runs runs/ptb-full]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = "textvae train --data ../shared/data/ptb --out runs/ptb-full/{name} --config ptb-lstm --config configs/ptb/full.yaml"
+ROWS = {  # name: (what, extra training flags)
+    "lm": ("LSTM language model (no latent)", "--config configs/ptb/lm.yaml"),
+    "vae": ("VAE, no remedy", "--config configs/ptb/vae.yaml"),
+    "anneal": ("KL annealing, linear 0.1 -> 1", "--config configs/ptb/anneal.yaml"),
+    "anneal-wdrop": ("annealing + word dropout 0.5", "--config configs/ptb/anneal-wdrop.yaml"),
+    "cyclical": ("cyclical annealing, 4 cycles (Fu et al. 2019)", "--config configs/ptb/cyclical.yaml"),
+    "free-bits": ("free bits 0.25 nats/dim (batch level)", "--config configs/ptb/free-bits.yaml"),
+    "aggressive": ("aggressive encoder training + annealing (He et al. 2019)", "--config configs/ptb/aggressive.yaml"),
+    "ae-fb": ("AE pretraining, fresh decoder, free bits (Li et al. 2019)", "--config configs/ptb/ae-fb.yaml"),
+    "bn-vae": ("BN-VAE, gamma 0.7 (Zhu et al. 2020)",
+               "--config configs/ptb/bn-vae.yaml --set model.bn_vae_gamma=0.7"),
+}
+TRAIN_FLAGS = "--time-budget 60 --set train.num_threads=1"
+NOTES = """\
+## What was tried, and what it gave
+
+- Recipe (`configs/ptb/full.yaml`): the ptb-lstm model with Adam at 2e-3, a
+  cosine decay to zero over the hour and tied input/output embeddings. On this
+  session's CPU (AMD EPYC without AVX-512: bf16 is emulated, so the runs are
+  fp32) an hour at one thread bought 8.5 epochs of the LM (11,193 steps) and
+  7.1 of the BN-VAE (9,398 steps), two runs side by side.
+- The LM reached 115.34 nats on the test split (PPL 193), against the
+  published 101.04: the target is not met. Its training loss with dropout
+  (about 120 to 130 nats) stayed above its validation NLL (116.2) to the end,
+  and validation improved by only 0.13 nats over the last 1.5 epochs at a
+  learning rate falling to zero: dropout 0.5 with 8 epochs underfits. The
+  papers' recipe trains 40+ epochs with the same dropout. What an hour needs
+  here is either more epochs per hour (both threads for one run, or a cheaper
+  output layer: the 256 x 10,003 projection is about 80% of a step in fp32) or
+  less regularisation for the short budget (on another corpus, 5 epochs
+  without dropout beat the ptb-lstm recipe by 10 nats).
+- BN-VAE with gamma 0.7 (a KL floor of 32 x 0.49 / 2 = 7.8 nats) keeps all 32
+  units active with KL about 8 and MI about 4.8 throughout; its validation
+  -ELBO ended 6.3 nats above the LM's.
+"""
+
+
+def row(name: str, runs: Path) -> dict:
+    what, flags = ROWS[name]
+    run = runs / name
+    result = {"run": name, "what": what,
+              "train_command": f"{BASE.format(name=name)} {flags} {TRAIN_FLAGS}"}
+    if not (run / "eval_test.json").exists():
+        result["status"] = "not trained yet" if not run.exists() else "not evaluated yet"
+        return result
+    sys.path.insert(0, str(ROOT))
+    from textvae.training.info import run_info
+
+    info = run_info(run)
+    ev = json.loads((run / "eval_test.json").read_text())
+    result.update(status="done", steps=info.step, epochs=info.epoch, stop_reason=info.stop_reason,
+                  train_minutes=round(info.seconds / 60, 1), eval=ev, eval_command=ev.get("command"))
+    return result
+
+
+def cell(value, digits=2) -> str:
+    if value is None:
+        return "–"
+    return f"{value:d}" if isinstance(value, int) else f"{value:.{digits}f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", default=str(ROOT / "runs" / "ptb-full"))
+    args = parser.parse_args()
+    rows = [row(name, Path(args.runs)) for name in ROWS]
+    published = json.loads((ROOT / "results" / "ptb_published.json").read_text())
+    (ROOT / "results" / "ptb_full.json").write_text(json.dumps({"rows": rows, "published": published}, indent=2) + "\n")
+    lines = [
+        "# Penn Treebank at full strength: an hour of training per run",
+        "",
+        "Test split (3,761 sentences, 82,430 tokens with end-of-sentence); the ptb-lstm model (embedding 256, "
+        "LSTM 256/256, latent 32, batch 32, dropout 0.5) with `configs/ptb/full.yaml`, each run capped at 60 "
+        "minutes of training by `--time-budget 60` (validation included) on the 2-core machine, two runs side by "
+        "side at one thread each. NLL in nats per sentence, by importance weighting with the number of samples "
+        "given (exact for the LM); PPL = exp(total NLL / tokens incl. eos). Produced by "
+        "`python scripts/ptb_full_report.py`; the 4-epoch table of every remedy is in [ptb.md](ptb.md).",
+        "",
+        "| run | what | NLL | samples | PPL | ELBO | KL | MI | AU | BLEU | epochs | train time | device |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r["status"] != "done":
+            lines.append(f"| {r['run']} | {r['what']} | {r['status']} |" + " |" * 10)
+            continue
+        ev = r["eval"]
+        samples = ev.get("settings", {}).get("iw_samples") if ev.get("latent_dim", 1) else None
+        samples = "exact" if ev.get("kl", 0) == 0 and "mi" not in ev else samples
+        lines.append(f"| {r['run']} | {r['what']} | {cell(ev['nll'])} | {samples} | {cell(ev['ppl'], 1)} | "
+                     f"{cell(ev['elbo'])} | {cell(ev['kl'])} | {cell(ev.get('mi'))} | {cell(ev.get('au'))} | "
+                     f"{cell(ev.get('bleu'), 1)} | {r['epochs']} | {r['train_minutes']} min | "
+                     f"{ev.get('device', '?')} |")
+    lines += ["", "Commands (training, then evaluation):", ""]
+    for r in rows:
+        lines.append(f"- `{r['run']}`: `{r['train_command']}`"
+                     + (f" then `{r['eval_command']}`" if r.get("eval_command") else ""))
+    lines += ["", NOTES]
+    (ROOT / "results" / "ptb_full.md").write_text("\n".join(lines))
+    print("wrote results/ptb_full.md and results/ptb_full.json", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
