@@ -272,3 +272,14 @@ def test_completion_starts_a_new_word_unless_asked(tmp_path):
     assert all(text.startswith("the dog") and not glued_on(text) for text in words), words
     glued = model.complete("the dog", n=6, seed=0, proposals=8, continue_word=True)
     assert all(text.startswith("the dog") and glued_on(text) for text in glued), glued
+
+
+def test_sampling_streams_in_chunks_from_one_random_stream(tiny_model):
+    from textvae.operations import sample_stream
+
+    chunks = list(sample_stream(tiny_model, 10, seed=3, chunk=4, max_length=8))
+    assert [len(c) for c in chunks] == [4, 4, 2]
+    assert chunks[0] == tiny_model.sample(4, seed=3, max_length=8)  # the first chunk is plain sample's
+    again = [s for c in sample_stream(tiny_model, 10, seed=3, chunk=4, max_length=8) for s in c]
+    assert again == [s for c in chunks for s in c]  # reproducible from the seed
+    assert len(set(again)) > 1

@@ -31,12 +31,25 @@ def _decode(model, z: Optional[Tensor], n: int, settings: GenerationConfig, gene
                     not_first)
 
 
+SAMPLE_CHUNK = 256  # sentences decoded at once by sample_stream: memory stays flat in n
+
+
+def sample_stream(model, n: int, seed: Optional[int] = None, chunk: int = SAMPLE_CHUNK, **options):
+    """``sample`` in chunks of ``chunk`` sentences, yielded as each is
+    decoded; one random stream runs through all chunks, so the output is
+    reproducible from ``seed`` (and the first chunk's is ``sample``'s)."""
+    generator = _generator(model, seed)
+    for start in range(0, n, chunk):
+        yield sample(model, min(chunk, n - start), generator=generator, **options)
+
+
 @torch.no_grad()
 def sample(model, n: int = 10, strategy: str = "sample", seed: Optional[int] = None,
-           max_length: Optional[int] = None, **options) -> list[str]:
-    """n sentences: z from the model's prior (N(0, I), or its fitted mixture), then decoded (sampled by default)."""
+           max_length: Optional[int] = None, generator: Optional[torch.Generator] = None, **options) -> list[str]:
+    """n sentences: z from the model's prior (N(0, I), or its fitted mixture), then decoded (sampled by default).
+    ``generator`` (instead of ``seed``) continues a random stream."""
     model.eval()
-    generator = _generator(model, seed)
+    generator = generator if generator is not None else _generator(model, seed)
     z = None
     if model.has_latent:
         z = model.prior.sample(n, generator, model.device)

@@ -104,7 +104,11 @@ def _emit(lines: list[str]) -> None:
 def _sample(args: argparse.Namespace) -> None:
     if args.n < 1:
         raise TextVAEError("-n must be >= 1")
-    _emit(_load(args).sample(args.n, **_options(args)))
+    from ..operations import sample_stream
+
+    for lines in sample_stream(_load(args), args.n, **_options(args)):  # the first lines come out at once
+        _emit(lines)
+        sys.stdout.flush()
 
 
 def _reconstruct(args: argparse.Namespace) -> None:
