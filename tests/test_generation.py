@@ -283,3 +283,13 @@ def test_sampling_streams_in_chunks_from_one_random_stream(tiny_model):
     again = [s for c in sample_stream(tiny_model, 10, seed=3, chunk=4, max_length=8) for s in c]
     assert again == [s for c in chunks for s in c]  # reproducible from the seed
     assert len(set(again)) > 1
+
+
+def test_lengths_are_bounded(tiny_model):
+    from textvae.errors import TextVAEError
+    from textvae.operations import MAX_GENERATED
+
+    long = tiny_model.sample(2, seed=0, max_length=10**8, strategy="greedy")  # capped, not run until killed
+    assert all(len(s.split()) <= MAX_GENERATED for s in long)
+    with pytest.raises(TextVAEError, match="prefix has"):
+        tiny_model.complete("the cat " * 600, n=1, seed=0)

@@ -4,6 +4,7 @@ decode, complete and interpolate. Every decoding goes through ``generation.gener
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Optional
 
@@ -15,13 +16,31 @@ from .errors import TextVAEError
 from .generation import GenerationConfig, generate
 from .latent import DiagonalGaussian
 
+log = logging.getLogger("textvae")
+
 
 def _generator(model, seed: Optional[int]) -> Optional[torch.Generator]:
     return None if seed is None else torch.Generator(device=model.device).manual_seed(seed)
 
 
+MAX_GENERATED = 1024  # tokens a sentence; a decoder with learned positions stops at its own table
+
+
+def length_limit(model) -> int:
+    """The most tokens a decoding may run: the decoder's position table (bos
+    included) where it has one, else MAX_GENERATED."""
+    config = model.config.model
+    if config.decoder == "transformer" and config.positions == "learned":
+        return max(1, config.max_positions - 1)
+    return MAX_GENERATED
+
+
 def _settings(model, strategy: str, max_length: Optional[int], **options) -> GenerationConfig:
-    return GenerationConfig(strategy=strategy, max_length=max_length or model.config.data.max_length, **options)
+    limit = length_limit(model)
+    if max_length is not None and max_length > limit:
+        log.info(f"--max-length {max_length} capped at {limit} tokens (this model's limit)")
+    length = min(max_length or model.config.data.max_length, limit)
+    return GenerationConfig(strategy=strategy, max_length=length, **options)
 
 
 def _decode(model, z: Optional[Tensor], n: int, settings: GenerationConfig, generator=None,
@@ -139,6 +158,9 @@ def complete(model, prefix: str, n: int = 5, strategy: str = "sample", seed: Opt
         raise TextVAEError(f"{prefix!r} has no tokens")
     if all(t == model.tokenizer.unk_id for t in prefix_ids):
         raise TextVAEError(f"every word of {prefix!r} is unknown to the model's vocabulary")
+    if len(prefix_ids) >= length_limit(model):
+        raise TextVAEError(f"the prefix has {len(prefix_ids):,} tokens; this model writes at most "
+                           f"{length_limit(model):,} (data.max_length is {model.config.data.max_length})")
     generator = _generator(model, seed)
     z = posterior_given_prefix(model, prefix_ids, n, proposals, generator) if model.has_latent else None
     settings = _settings(model, strategy, max(max_length or model.config.data.max_length, len(prefix_ids) + 1),
