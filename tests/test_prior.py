@@ -158,3 +158,17 @@ def test_a_missing_path_is_a_missing_folder_not_a_model_name(cli, builtins, tmp_
     result = cli("sample", tmp_path / "nothing", "-n", "1")
     assert result.code == 2 and result.err_lines == [f"textvae: error: {tmp_path / 'nothing'} is not a run "
                                                      "directory (no such folder)"]
+
+
+def test_a_config_that_does_not_fit_its_weights_fails_before_building(cli, trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    config = json.loads((run / "config.json").read_text())
+    config["model"]["hidden_dim"] = 30000  # would need gigabytes if built
+    (run / "config.json").write_text(json.dumps(config))
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result = cli("sample", run, "-n", "1")
+    assert result.code == 2 and "does not fit its weights" in result.err_lines[-1]
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000  # KiB: nothing of 30000 built

@@ -69,7 +69,9 @@ class BaseVAE(nn.Module):
         uses a trained model loads it here."""
         directory = resolve_run(directory)
         check_run_dir(directory, cls.KIND)
-        model = cls.from_folder(directory, cls.CONFIG_CLASS.load(directory / CONFIG_FILE))
+        config = cls.CONFIG_CLASS.load(directory / CONFIG_FILE)
+        check_shapes(cls, directory, config)
+        model = cls.from_folder(directory, config)
         load_weights(model, directory / WEIGHTS_FILE)
         return model.to(device).eval()
 
@@ -78,3 +80,26 @@ class BaseVAE(nn.Module):
         """A freshly initialised model of a run folder's architecture (the
         weights come from ``model.safetensors`` or a checkpoint)."""
         raise NotImplementedError
+
+
+def check_shapes(cls, directory: Path, config: Any) -> None:
+    """Compare the config's architecture with the weights' shapes before any
+    memory is spent on it: the model is first built on the meta device (no
+    storage) and its tensors' shapes checked against the safetensors header,
+    so a config.json that says hidden_dim 30000 is one error line, not 14 GB."""
+    from .run_folder import weight_shapes
+
+    stored = weight_shapes(directory / WEIGHTS_FILE)
+    try:
+        with torch.device("meta"):
+            skeleton = cls.from_folder(directory, config)
+    except TextVAEError:
+        raise
+    except Exception:  # a module that cannot be built without storage: the load below checks instead
+        return
+    expected = {name: tuple(t.shape) for name, t in skeleton.state_dict(keep_vars=True).items()}
+    for name, shape in expected.items():
+        if name in stored and stored[name] != shape:
+            raise TextVAEError(f"{directory / CONFIG_FILE} does not fit its weights: {name} is "
+                               f"{'x'.join(map(str, stored[name]))} in {WEIGHTS_FILE} but "
+                               f"{'x'.join(map(str, shape))} by the config")

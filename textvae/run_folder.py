@@ -76,6 +76,20 @@ def load_weights(model: nn.Module, path: Path) -> None:
                            f"unexpected {sorted(unexpected)[:3]}")
 
 
+def weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape, from a safetensors file's header alone (8 bytes of
+    length, then that much JSON), without reading the weights."""
+    try:
+        with open(path, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            if not 0 < size <= 100 * 2**20:
+                raise ValueError(f"header of {size} bytes")
+            header = json.loads(handle.read(size))
+        return {name: tuple(entry["shape"]) for name, entry in header.items() if name != "__metadata__"}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise TextVAEError(f"{path} is not a safetensors file ({error})") from None
+
+
 # ------------------------------------------------------------------ reads
 def read_json(path: Path) -> Any:
     try:
