@@ -261,3 +261,39 @@ def test_stored_evaluation_is_preferred_and_a_missing_map_is_explained(trained_r
     lines.write_text("\n".join(TRAIN[:20]) + "\n")
     with_file = TestClient(create_app(make_explorer(run, data=str(lines), size=10)))
     assert len(with_file.get("/api/map").json()["points"]) == 10
+
+
+class FakeUMAP:
+    """Stands in for umap.UMAP: the first two coordinates, and back with zeros."""
+
+    def __init__(self, n_components: int, random_state: int, n_neighbors: int) -> None:
+        self.width = None
+
+    def fit(self, x):
+        self.width = x.shape[1]
+        return self
+
+    def transform(self, x):
+        return x[:, :2]
+
+    def inverse_transform(self, points):
+        import numpy
+
+        return numpy.concatenate([points, numpy.zeros((len(points), self.width - 2))], axis=1)
+
+
+def test_umap_projection_where_umap_learn_is_installed(trained_run, monkeypatch):
+    import sys
+    import types
+
+    from textvae.errors import TextVAEError
+
+    monkeypatch.setitem(sys.modules, "umap", None)  # not installed: a start-up error
+    with pytest.raises(TextVAEError, match="umap-learn"):
+        make_explorer(trained_run, projection="umap")
+    monkeypatch.setitem(sys.modules, "umap", types.SimpleNamespace(UMAP=FakeUMAP))
+    client = TestClient(create_app(make_explorer(trained_run, projection="umap")))
+    assert client.get("/api/map").json()["method"] == "umap"
+    z = [[0.25, -0.5, 0.0, 0.0]]
+    assert post(client, "/api/map", {"z": z})["points"] == [[0.25, -0.5]]
+    assert post(client, "/api/map/decode", {"points": [[0.25, -0.5]]})["z"] == z
