@@ -77,10 +77,8 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def _resolve_device(name: str):
-    try:  # where the package restructuring puts it
-        from ..runtime import resolve_device
-    except ImportError:
-        from ..runtime import resolve_device
+    from ..runtime import resolve_device
+
     return resolve_device(name)
 
 
@@ -97,7 +95,9 @@ def serve(args: argparse.Namespace) -> int:
         model = TextVAE.from_pretrained(args.run, device=_resolve_device(args.device))
         limits = Limits(args.max_n, args.max_steps, args.max_chars, args.max_sentences)
         settings = MapSettings(args.map_data, args.map_size, args.map_seconds, args.projection, args.seed)
-        app = create_app(Explorer(model, args.run, limits, settings))
+        from ..builtin import resolve_run
+
+        app = create_app(Explorer(model, str(resolve_run(args.run)), limits, settings))  # a built-in name's folder
         config = uvicorn.Config(app, log_config=None, access_log=args.access_log, lifespan="off",
                                 log_level="info" if args.access_log else "warning")
         host, port = sock.getsockname()[:2]
