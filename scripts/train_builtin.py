@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shlex
 import shutil
@@ -43,8 +44,7 @@ def textvae(*args: str, threads: int, log: Path | None = None) -> str:
     command = [sys.executable, "-m", "textvae", *map(str, args)]
     env = {"OMP_NUM_THREADS": str(threads)}
     print("$ textvae " + shlex.join(map(str, args)), file=sys.stderr, flush=True)
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
-                            env={**__import__("os").environ, **env})
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **env})
     if log is not None:
         with open(log, "a") as handle:
             handle.write(f"$ textvae {shlex.join(map(str, args))}\n{result.stderr}\n")

@@ -98,8 +98,7 @@ class TextVAE(BaseVAE):
             if not text.strip():
                 raise TextVAEError("empty sentence")
             tokens = self.tokenizer.encode(text)[: self.config.data.max_length]
-            if tokens and all(t == self.tokenizer.unk_id for t in tokens):
-                raise TextVAEError(f"every word of {text!r} is unknown to the model's vocabulary")
+            self.tokenizer.require_known(text, tokens)
             if not tokens:
                 raise TextVAEError(f"{text!r} has no tokens")
             ids.append(tokens)

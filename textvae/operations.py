@@ -156,8 +156,7 @@ def complete(model, prefix: str, n: int = 5, strategy: str = "sample", seed: Opt
     prefix_ids = model.tokenizer.encode(prefix)
     if not prefix_ids:
         raise TextVAEError(f"{prefix!r} has no tokens")
-    if all(t == model.tokenizer.unk_id for t in prefix_ids):
-        raise TextVAEError(f"every word of {prefix!r} is unknown to the model's vocabulary")
+    model.tokenizer.require_known(prefix, prefix_ids)
     if len(prefix_ids) >= length_limit(model):
         raise TextVAEError(f"the prefix has {len(prefix_ids):,} tokens; this model writes at most "
                            f"{length_limit(model):,} (data.max_length is {model.config.data.max_length})")

@@ -67,9 +67,7 @@ class GaussianMixturePrior(nn.Module):
     def sample(self, n: int, generator: Optional[torch.Generator] = None, device=None) -> Tensor:
         self._check_fitted()
         device = device or self.means.device
-        which = torch.multinomial(self.log_weights.exp().cpu(), n, replacement=True,
-                                  generator=generator if generator is None or generator.device.type == "cpu"
-                                  else None).to(device)  # (n,)
+        which = torch.multinomial(self.log_weights.exp().to(device), n, replacement=True, generator=generator)  # (n,)
         eps = torch.randn(n, self.latent_dim, 1, generator=generator, device=device)
         return self.means[which] + (self.scale_tril[which] @ eps).squeeze(-1)
 

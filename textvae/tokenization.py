@@ -92,6 +92,11 @@ class Tokenizer:
     def decode_batch(self, batch: Iterable[Iterable[int]]) -> list[str]:
         return [self.decode(ids) for ids in batch]
 
+    def require_known(self, text: str, ids: list[int]) -> None:
+        """One error line for ``text`` whose every token is unk: a model would read nothing of it."""
+        if ids and all(i == self.unk_id for i in ids):
+            raise TextVAEError(f"every word of {text!r} is unknown to the model's vocabulary")
+
     def save(self, directory: str | Path) -> None:
         """Write ``tokenizer.json`` and the special-token roles; the folder
         also loads with ``transformers.PreTrainedTokenizerFast``."""
@@ -126,14 +131,11 @@ class Tokenizer:
         except Exception as error:  # tokenizers raises a bare Exception on bad JSON
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise TextVAEError(f"{backend_path} is malformed: {first}") from None
-        return cls(backend, specials, meta.get("source", "") if isinstance(meta, dict) else "")
-
-
-# C0 and C1 control characters but tab, and the byte-order mark (U+FEFF).
-_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+        return cls(backend, specials, meta.get("source", ""))  # meta is a mapping: meta["specials"] was read
 
 
 MAX_TOKENIZER_BYTES = 256 * 2**20  # the largest hub tokenizer.json files are tens of MiB
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")  # C0 and C1 control characters but tab
 
 
 def clean_text(text: str) -> str:

@@ -54,16 +54,17 @@ def load_backbone(name: str, role: str, auto_class: str, saved_config: Optional[
     from ..hub import local_only
 
     factory = getattr(transformers, auto_class)
+    saved = saved_config is not None and (saved_config / "config.json").exists()
+    offline = not saved and local_only(name)
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # no "Loading weights" bar in the middle of our logs
     try:
-        if saved_config is not None and (saved_config / "config.json").exists():
+        if saved:
             config = transformers.AutoConfig.from_pretrained(saved_config)
             return factory.from_config(config, dtype=torch.float32)  # float32 weights; bf16 comes from autocast
-        offline = local_only(name)
         return factory.from_pretrained(name, dtype=torch.float32, local_files_only=offline)
     except (OSError, ValueError, KeyError) as error:
-        if local_only(name):
+        if offline:
             raise TextVAEError(f"cannot load model.{role}=hf:{name}: not a local folder, not in the local Hugging "
                                "Face cache, and the hub cannot be reached (offline?)") from None
         where = "the folder" if Path(name).is_dir() else "the hub (offline? give a local folder)"
