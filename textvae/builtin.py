@@ -39,6 +39,11 @@ def resolve_run(run: str | Path) -> Path:
     raise TextVAEError(f"{name} is neither a run folder nor a built-in model (built-in models: {names})")
 
 
+def is_builtin(run_dir: Path) -> bool:
+    """Whether ``run_dir`` lies inside the installed package's built-in models (read-only)."""
+    return run_dir.resolve().is_relative_to(PRETRAINED_DIR.resolve())
+
+
 def model_card(name: str) -> dict[str, Any]:
     """The card of built-in model ``name`` (empty where it has none)."""
     path = resolve_run(name) / CARD_FILE

@@ -63,8 +63,7 @@ def _eval(args: argparse.Namespace) -> None:
     result["command"] = args.invocation
     print(format_table(result))
     run_dir = resolve_run(args.run)
-    targets = [] if run_dir.resolve().is_relative_to(builtin.PRETRAINED_DIR.resolve()) \
-        else [run_dir / eval_file(args.split)]  # built-in models are read-only
+    targets = [] if builtin.is_builtin(run_dir) else [run_dir / eval_file(args.split)]  # built-ins are read-only
     for path in targets + ([Path(args.json)] if args.json else []):
         write_json_atomic(path, result)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from pathlib import Path
 
 from .. import builtin
@@ -58,13 +57,13 @@ def _fit_prior(args: argparse.Namespace) -> None:
     from ..data import read_texts
     from ..model import TextVAE
     from ..operations import fit_prior
-    from ..run_folder import CONFIG_FILE, WEIGHTS_FILE, save_weights
+    from ..run_folder import CONFIG_FILE, WEIGHTS_FILE, save_weights, write_json_atomic
     from ..runtime import resolve_device
 
     run = Path(args.run)
     if not run.is_dir():
         raise TextVAEError(f"{run} is not a run directory (no such folder)")
-    if run.resolve().is_relative_to(builtin.PRETRAINED_DIR.resolve()):
+    if builtin.is_builtin(run):
         raise TextVAEError("built-in models are read-only; copy the folder to fit a new prior")
     if args.components is not None and args.components < 1 or args.max_sentences < 2:
         raise TextVAEError("need --components >= 1 and --max-sentences >= 2")
@@ -77,9 +76,7 @@ def _fit_prior(args: argparse.Namespace) -> None:
         texts = random.Random(args.seed).sample(texts, args.max_sentences)
     figures = fit_prior(model, texts, args.components, seed=args.seed)
     save_weights(model, run / WEIGHTS_FILE)
-    tmp = run / (CONFIG_FILE + ".tmp")
-    model.config.save(tmp)
-    os.replace(tmp, run / CONFIG_FILE)
+    write_json_atomic(run / CONFIG_FILE, model.config.to_dict())
     log.info(f"mixture prior: {figures['components']} components fitted to {figures['points']:,} posterior means "
              f"in {figures['iterations']} EM steps; mean log-density {figures['log_likelihood']:.2f} nats "
              f"(N(0, I): {figures['normal_log_likelihood']:.2f}); {run} now samples from it")
