@@ -85,8 +85,9 @@ def test_info_says_where_a_finished_run_stands(cli, trained_run):
     assert (facts["step"], facts["epoch"], facts["stop_reason"]) == (state.step, 3, "epochs")
     valid = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
     best = max((r for r in valid if r["split"] == "valid"), key=lambda r: r["elbo"])
-    assert facts["best_valid"] == {"step": best["step"], "elbo": best["elbo"], "rec": best["rec"], "kl": best["kl"],
-                                   "mi": best["mi"], "au": best["au"], "latent_dim": 4}
+    assert facts["best_valid"] == {"step": best["step"], "elbo": best["elbo"], "objective": -best["elbo"],
+                                   "rec": best["rec"], "kl": best["kl"], "mi": best["mi"], "au": best["au"],
+                                   "latent_dim": 4}
     assert info(cli, trained_run, "--get", "status").out == "finished\n"
     assert info(cli, trained_run, "--get", "step").out == f"{state.step}\n"
     human = info(cli, trained_run).out_lines

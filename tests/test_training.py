@@ -20,10 +20,10 @@ def records(run_dir, split=None):
     return [r for r in map(json.loads, lines) if split is None or r["split"] == split]
 
 
-def make_trainer(tokenizer, run_dir, **train):
+def make_trainer(tokenizer, run_dir, objective=None, **train):
     from textvae.model import TextVAE
 
-    config = tiny_config(train=train)
+    config = tiny_config(train=train, **({"objective": objective} if objective else {}))
     torch.manual_seed(config.train.seed)
     model = TextVAE(config, tokenizer)
     train_split = tokenize_split("train", TRAIN, tokenizer, config.data.max_length)
@@ -72,6 +72,23 @@ def test_best_weights_are_those_of_the_best_validation(word_tokenizer, tmp_path)
     trainer.model.load_state_dict(load, strict=False)
     result = evaluate_elbo(trainer.model, trainer.valid_data.iterate(0), torch.device("cpu"))
     assert result["elbo"] == pytest.approx(best["elbo"], rel=1e-5)
+
+
+def test_a_beta_vae_keeps_the_weights_of_its_own_objective_not_of_the_elbo(word_tokenizer, tmp_path):
+    """beta < 1: the best weights minimise rec + beta KL; the -ELBO would pick an early step."""
+    run = tmp_path / "run"
+    trainer = make_trainer(word_tokenizer, run, objective={"kl_weight": 0.02}, max_steps=40, epochs=100,
+                           eval_every=4, lr=0.02)
+    trainer.fit()
+    valid = records(run, "valid")
+    by_objective = min(valid, key=lambda r: r["rec"] + 0.02 * r["kl"])
+    assert by_objective["step"] != min(valid, key=lambda r: -r["elbo"])["step"]  # the two disagree here
+    assert by_objective["objective"] == pytest.approx(by_objective["rec"] + 0.02 * by_objective["kl"], rel=1e-6)
+    from textvae.evaluation.elbo import evaluate_elbo
+
+    trainer.model.load_state_dict(load_file(run / "model.safetensors"), strict=False)
+    result = evaluate_elbo(trainer.model, trainer.valid_data.iterate(0), torch.device("cpu"))
+    assert result["rec"] == pytest.approx(by_objective["rec"], rel=1e-5)
 
 
 # ------------------------------------------------------------ exact resume

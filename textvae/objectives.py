@@ -73,6 +73,15 @@ def kl_weight(config: ObjectiveConfig, step: int, total_steps: int, fraction: Op
     raise ValueError(f"unknown KL schedule {config.kl_schedule!r}")
 
 
+def selection_loss(result: dict, config: ObjectiveConfig) -> float:
+    """The validation figure that picks the best weights and drives plateau
+    decay and early stopping: the objective the run trains towards, i.e.
+    rec + beta * KL at the schedule's final weight (Higgins et al. 2017). For
+    beta = 1 this is the negative ELBO; for a beta-VAE with beta < 1 the -ELBO
+    worsens as the code grows, and would keep the weights of the first steps."""
+    return -result["elbo"] - (1.0 - config.kl_weight) * result["kl"]
+
+
 def free_bits_kl(kl_per_dim: Tensor, free_bits: float, mode: str) -> Tensor:
     """The KL term the loss uses, (B,), floored so the optimiser stops pushing
     KL below ``free_bits`` nats (no gradient below the floor).

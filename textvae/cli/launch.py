@@ -57,7 +57,9 @@ def train(args: argparse.Namespace, kind: RunKind) -> int:
     if trainer.interrupted:
         return 130
     if distributed.rank() == 0:
-        log.info(f"done at step {state.step}; best validation -ELBO {state.saved_best:.3f} nats per {kind.unit}; "
+        beta = trainer.objective.kl_weight
+        measure = "-ELBO" if beta == 1 else f"rec + {beta:g} KL"
+        log.info(f"done at step {state.step}; best validation {measure} {state.saved_best:.3f} nats per {kind.unit}; "
                  f"model in {trainer.run_dir}")
     return 0
 

@@ -55,15 +55,16 @@ def run_info(run_dir: Path) -> RunInfo:
 
 
 def best_validation(run_dir: Path, state: TrainState) -> Optional[dict[str, Any]]:
-    """The logged validation whose -ELBO is that of the saved weights (the latest such)."""
+    """The logged validation whose objective (``objectives.selection_loss``; the
+    -ELBO in runs logged before it was recorded) is that of the saved weights."""
     if state.saved_best == float("inf") or not (run_dir / METRICS_FILE).exists():
         return None
     matches = [r for r in read_metrics(run_dir) if r.get("split") == "valid" and r.get("step", 0) <= state.step
-               and -r.get("elbo", float("nan")) == state.saved_best]
+               and r.get("objective", -r.get("elbo", float("nan"))) == state.saved_best]
     if not matches:
-        return {"elbo": -state.saved_best}
+        return {"objective": state.saved_best}
     record = matches[-1]
-    best = {key: record[key] for key in ("step", "elbo", "rec", "kl", "mi", "au") if key in record}
+    best = {key: record[key] for key in ("step", "elbo", "objective", "rec", "kl", "mi", "au") if key in record}
     if "au_variances" in record:
         best["latent_dim"] = len(record["au_variances"])
     return best

@@ -9,8 +9,8 @@ gradient step are small policies called after each validation or before each
 epoch (``policies.py``, ``aggressive.py``), and its state is typed
 (``state.py``) and checkpointed whole (``checkpoint.py``).
 
-What a run folder gets: ``model.safetensors`` (the best weights by validation
-ELBO), ``checkpoint/`` (everything needed to resume exactly), ``metrics.jsonl``.
+What a run folder gets: ``model.safetensors`` (the best weights by the validation
+objective, ``objectives.selection_loss``), ``checkpoint/`` (everything needed to resume exactly), ``metrics.jsonl``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from torch import nn
 from ..config import ObjectiveConfig, TrainConfig
 from ..errors import TextVAEError
 from ..evaluation.elbo import evaluate_elbo
-from ..objectives import elbo_loss, kl_weight
+from ..objectives import elbo_loss, kl_weight, selection_loss
 from ..run_folder import WEIGHTS_FILE, append_metrics, find_checkpoint, save_weights, truncate_metrics
 from ..runtime import autocast_context, resolve_device
 from . import distributed
@@ -230,8 +230,8 @@ class Trainer:
         then the policies decide (plateau decay, early stop, collapse monitor, aggressive phase)."""
         state = self.state
         result = distributed.from_main(self.evaluate())  # the ranks decide alike
-        loss = -result["elbo"]
-        self._log({"split": "valid", **result})
+        loss = selection_loss(result, self.objective)
+        self._log({"split": "valid", **result, "objective": loss})
         state.last_eval_step = state.step
         self._save_if_best(loss)
         if loss < state.best_loss - IMPROVEMENT:
@@ -240,7 +240,7 @@ class Trainer:
             state.since_best += 1
         for policy in self.policies:
             policy.after_validation(result)
-        summary = f"valid step {state.step}: -elbo {loss:.3f} rec {result['rec']:.3f} kl {result['kl']:.3f}"
+        summary = f"valid step {state.step}: -elbo {-result['elbo']:.3f} rec {result['rec']:.3f} kl {result['kl']:.3f}"
         if "mi" in result:
             summary += f" mi {result['mi']:.3f} au {result['au']}/{len(result['au_variances'])}"
         log.info(summary)
@@ -265,7 +265,7 @@ class Trainer:
         if not (self.run_dir / WEIGHTS_FILE).exists() or self.state.saved_best == float("inf"):
             result = self.evaluate()
             self._log({"split": "valid", "final": True, **result})
-            self._save_if_best(-result["elbo"])
+            self._save_if_best(selection_loss(result, self.objective))
 
     @property
     def interrupted(self) -> bool:
