@@ -26,7 +26,8 @@ ROWS = {  # name: (what, extra training flags)
     "cyclical": ("cyclical annealing, 4 cycles (Fu et al. 2019)", "--config configs/ptb/cyclical.yaml"),
     "free-bits": ("free bits 0.25 nats/dim (batch level)", "--config configs/ptb/free-bits.yaml"),
     "aggressive": ("aggressive encoder training + annealing (He et al. 2019)", "--config configs/ptb/aggressive.yaml"),
-    "ae-fb": ("AE pretraining, fresh decoder, free bits (Li et al. 2019)", "--config configs/ptb/ae-fb.yaml"),
+    "ae-fb": ("AE pretraining (2 epochs), fresh decoder, free bits (Li et al. 2019)",
+              "--config configs/ptb/ae-fb.yaml --set train.ae_pretrain_epochs=2"),
     "bn-vae": ("BN-VAE, gamma 0.7 (Zhu et al. 2020)",
                "--config configs/ptb/bn-vae.yaml --set model.bn_vae_gamma=0.7"),
 }
