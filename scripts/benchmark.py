@@ -39,34 +39,40 @@ from textvae.training.optim import build_optimizer
 
 class PlainLSTMVAE(nn.Module):
     """The usual way of writing the PTB LSTM VAE: fp32, full logits, padding
-    included; the same layers and dropout as the ``ptb-lstm`` preset."""
+    included; the same layers and dropout as the ``ptb-lstm`` preset. With
+    ``latent=0``, the same decoder as a plain language model."""
 
     def __init__(self, vocab: int, pad: int, embed: int = 256, hidden: int = 256, latent: int = 32,
                  dropout: float = 0.5) -> None:
         super().__init__()
-        self.pad = pad
+        self.pad, self.latent = pad, latent
         self.dropout = nn.Dropout(dropout)
-        self.enc_embed = nn.Embedding(vocab, embed, padding_idx=pad)
-        self.encoder = nn.LSTM(embed, hidden, batch_first=True)
-        self.to_latent = nn.Linear(hidden, 2 * latent)
+        if latent:
+            self.enc_embed = nn.Embedding(vocab, embed, padding_idx=pad)
+            self.encoder = nn.LSTM(embed, hidden, batch_first=True)
+            self.to_latent = nn.Linear(hidden, 2 * latent)
+            self.init = nn.Linear(latent, hidden)
         self.dec_embed = nn.Embedding(vocab, embed, padding_idx=pad)
-        self.init = nn.Linear(latent, hidden)
         self.decoder = nn.LSTM(embed + latent, hidden, batch_first=True)
         self.out = nn.Linear(hidden, vocab)
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        packed = nn.utils.rnn.pack_padded_sequence(self.dropout(self.enc_embed(tokens)), lengths, batch_first=True,
-                                                   enforce_sorted=False)
-        _, (h, _) = self.encoder(packed)
-        mean, logvar = self.to_latent(h[-1]).chunk(2, -1)
-        z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
+        """Mean negative ELBO (the NLL for ``latent=0``) per sentence."""
         inputs, targets = tokens[:, :-1], tokens[:, 1:]
-        emb = torch.cat([self.dropout(self.dec_embed(inputs)), z.unsqueeze(1).expand(-1, inputs.shape[1], -1)], -1)
-        c0 = self.init(z).unsqueeze(0)
-        out, _ = self.decoder(emb, (torch.tanh(c0), c0))
+        emb, state, kl = self.dropout(self.dec_embed(inputs)), None, 0.0
+        if self.latent:
+            packed = nn.utils.rnn.pack_padded_sequence(self.dropout(self.enc_embed(tokens)), lengths,
+                                                       batch_first=True, enforce_sorted=False)
+            _, (h, _) = self.encoder(packed)
+            mean, logvar = self.to_latent(h[-1]).chunk(2, -1)
+            z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
+            emb = torch.cat([emb, z.unsqueeze(1).expand(-1, inputs.shape[1], -1)], -1)
+            c0 = self.init(z).unsqueeze(0)
+            state = (torch.tanh(c0), c0)
+            kl = 0.5 * (mean.pow(2) + logvar.exp() - logvar - 1).sum(-1).mean()
+        out, _ = self.decoder(emb, state)
         logits = self.out(self.dropout(out))  # (B, T, V): every position, padding included
         rec = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=self.pad, reduction="sum") / len(tokens)
-        kl = 0.5 * (mean.pow(2) + logvar.exp() - logvar - 1).sum(-1).mean()
         return rec + kl
 
 
