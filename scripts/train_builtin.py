@@ -3,10 +3,15 @@
     python scripts/train_builtin.py --data data/wordnet --out runs/builtin
 
 Stages (each one skipped when its output exists, so a stopped run continues):
-  train    the VAE (configs/builtin/wordnet.yaml) for --budget minutes
-  prior    its second-stage mixture prior (`textvae fit-prior`)
-  lm       a language model of the same size and corpus, for the NLL
-           comparison and the fluency of samples (--lm-budget minutes)
+  corpus   OUT/corpus: the example sentences of data/wordnet (twice), every
+           WordNet lemma and up to --glosses short glosses (data/wordnet/
+           lemmas.txt, glosses.txt): the lemmas teach the model how every word
+           of the dictionary is spelt, which the held-out sentences need
+  train    the VAE (configs/builtin/wordnet.yaml) on OUT/corpus for --budget minutes
+  prior    its second-stage mixture prior (`textvae fit-prior`), fitted to
+           the example sentences only
+  lm       a language model of the same size on the example sentences, for
+           the NLL comparison and the fluency of samples (--lm-budget minutes)
   eval     `textvae eval` of both on the test split (500 importance samples)
   fluency  1,000 prior samples: NLL per word under the LM, distinct-1/2 and
            mean length, against the test split's; mixture vs N(0, I) prior
@@ -54,7 +59,7 @@ def textvae(*args: str, threads: int, log: Path | None = None) -> str:
     return result.stdout
 
 
-def train(args, out: Path, name: str, extra: list[str], budget: float) -> None:
+def train(args, out: Path, name: str, extra: list[str], budget: float, data: str) -> None:
     from textvae.training.info import run_info
 
     run = out / name
@@ -64,9 +69,28 @@ def train(args, out: Path, name: str, extra: list[str], budget: float) -> None:
         textvae("train", "--resume", run, threads=args.threads, log=out / "log.txt")
         return
     start = time.time()
-    textvae("train", "--data", args.data, "--out", run, "--config", CONFIG, *extra, "--time-budget", budget,
+    textvae("train", "--data", data, "--out", run, "--config", CONFIG, *extra, "--time-budget", budget,
             "--set", f"train.num_threads={args.threads}", threads=args.threads, log=out / "log.txt")
     (run / "train_wall_seconds.txt").write_text(f"{time.time() - start:.1f}\n")
+
+
+def build_corpus(args, out: Path) -> Path:
+    """OUT/corpus/{train,valid,test}.txt: the examples twice, the lemmas, and up
+    to ``--glosses`` glosses of at most 14 words (a fixed random choice)."""
+    corpus, source = out / "corpus", Path(args.data)
+    if (corpus / "train.txt").exists():
+        return corpus
+    corpus.mkdir(parents=True, exist_ok=True)
+    examples = (source / "train.txt").read_text().splitlines()
+    lemmas = (source / "lemmas.txt").read_text().splitlines()
+    glosses = [g for g in (source / "glosses.txt").read_text().splitlines() if len(g.split()) <= 14]
+    glosses = random.Random(0).sample(glosses, min(args.glosses, len(glosses)))
+    lines = [line for line in examples * 2 + lemmas + glosses if line.strip()]
+    random.Random(0).shuffle(lines)
+    for name in ("valid.txt", "test.txt"):
+        shutil.copyfile(source / name, corpus / name)
+    (corpus / "train.txt").write_text("\n".join(lines) + "\n")
+    return corpus
 
 
 def nll_per_word(lm, texts: list[str], batch_size: int = 256) -> float:
@@ -135,8 +159,9 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=50.0, help="VAE training minutes")
     parser.add_argument("--lm-budget", type=float, default=15.0, help="language-model training minutes")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--glosses", type=int, default=60000, help="glosses in the training corpus")
     parser.add_argument("--iw-samples", type=int, default=500)
-    parser.add_argument("--stages", default="train,prior,lm,eval,fluency,showcase,export")
+    parser.add_argument("--stages", default="corpus,train,prior,lm,eval,fluency,showcase,export")
     args = parser.parse_args()
     out = (ROOT / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -147,13 +172,16 @@ def main() -> None:
     def save() -> None:
         report_path.write_text(json.dumps(report, indent=2) + "\n")
 
+    if "corpus" in stages:
+        build_corpus(args, out)
     if "train" in stages:
-        train(args, out, "vae", [], args.budget)
+        train(args, out, "vae", [], args.budget, str(out / "corpus"))
     if "prior" in stages and not (out / "vae" / "prior_fitted.txt").exists():
-        textvae("fit-prior", out / "vae", threads=args.threads, log=out / "log.txt")
-        (out / "vae" / "prior_fitted.txt").write_text("textvae fit-prior\n")
+        textvae("fit-prior", out / "vae", "--data", args.data, threads=args.threads, log=out / "log.txt")
+        (out / "vae" / "prior_fitted.txt").write_text(f"textvae fit-prior {out / 'vae'} --data {args.data}\n")
     if "lm" in stages:
-        train(args, out, "lm", ["--set", "model.latent_dim=0", "--set", "model.prior=normal"], args.lm_budget)
+        train(args, out, "lm", ["--set", "model.latent_dim=0", "--set", "model.prior=normal"], args.lm_budget,
+              args.data)
     if "eval" in stages:
         for name in ("vae", "lm"):
             if not (out / name / "eval_test.json").exists():
