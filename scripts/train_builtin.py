@@ -180,8 +180,9 @@ def main() -> None:
         textvae("fit-prior", out / "vae", "--data", args.data, threads=args.threads, log=out / "log.txt")
         (out / "vae" / "prior_fitted.txt").write_text(f"textvae fit-prior {out / 'vae'} --data {args.data}\n")
     if "lm" in stages:
-        train(args, out, "lm", ["--set", "model.latent_dim=0", "--set", "model.prior=normal"], args.lm_budget,
-              args.data)
+        # dropout 0.3: with no latent to read, the VAE's dropout-free recipe would overfit
+        train(args, out, "lm", ["--set", "model.latent_dim=0", "--set", "model.prior=normal",
+                                "--set", "model.dropout=0.3"], args.lm_budget, args.data)
     if "eval" in stages:
         for name in ("vae", "lm"):
             if not (out / name / "eval_test.json").exists():
