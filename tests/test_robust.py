@@ -205,6 +205,19 @@ def test_a_run_killed_before_its_first_checkpoint_starts_again_exactly(uninterru
     assert [r["step"] for r in records(run)] == [r["step"] for r in records(uninterrupted)]
 
 
+def test_a_run_killed_while_being_set_up_is_replaced_with_overwrite(cli, shared_corpus, tmp_path):
+    run = tmp_path / "run"
+    (run / "tokenizer").mkdir(parents=True)  # killed after the tokenizer, before config.json
+    (run / LOCK_FILE).write_text(json.dumps({"pid": 2**22 + 17}))
+    assert_one_error_line(cli("train", "--resume", run), "stopped while it was being set up", "--overwrite")
+    refused = cli("train", "--data", shared_corpus, "--out", run, *TINY_FLAGS)
+    assert_one_error_line(refused, "stopped before its first checkpoint", "--overwrite")
+    assert "--resume" not in refused.err
+    result = cli("-q", "train", "--data", shared_corpus, "--out", run, "--overwrite", *TINY_FLAGS,
+                 "--set", "train.max_steps=2")
+    assert result.code == 0, result.err
+
+
 def test_overwrite_replaces_a_run_folder_and_nothing_else(cli, shared_corpus, tmp_path):
     run = tmp_path / "run"
     run.mkdir()

@@ -103,7 +103,7 @@ def new_run(args: argparse.Namespace, kind: RunKind, cuda_device: Optional[torch
         raise TextVAEError(f"{out} exists and is not a folder; choose another --out")
     existed = out.exists()
     if existed and any(p.name != LOCK_FILE for p in out.iterdir()):
-        check_replaceable(out, kind, getattr(args, "overwrite", False))
+        check_replaceable(out, getattr(args, "overwrite", False))
     distributed.barrier()  # every rank has looked at --out before rank 0 creates it
     if distributed.rank() == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -124,7 +124,7 @@ def new_run(args: argparse.Namespace, kind: RunKind, cuda_device: Optional[torch
         raise
 
 
-def check_replaceable(out: Path, kind: RunKind, overwrite: bool) -> None:
+def check_replaceable(out: Path, overwrite: bool) -> None:
     """Refuse an existing, non-empty ``--out`` unless ``--overwrite`` may replace it (a run folder no one trains)."""
     owner = holder(out)
     if owner:
@@ -144,8 +144,12 @@ def check_replaceable(out: Path, kind: RunKind, overwrite: bool) -> None:
 def clear(folder: Path) -> None:
     """Remove what ``folder`` holds, except the lock file."""
     for path in folder.iterdir():
-        if path.name != LOCK_FILE:
-            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        if path.name == LOCK_FILE:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 # --------------------------------------------------------------- resume
@@ -154,6 +158,12 @@ def resume_run(args: argparse.Namespace, kind: RunKind, cuda_device: Optional[to
     run_dir = Path(args.resume)
     if args.out or args.config or getattr(args, "tokenizer", None) or getattr(args, "overwrite", False):
         raise TextVAEError("--resume continues a run as configured; only --data and --set train.* may be given")
+    if (run_dir / LOCK_FILE).exists() and not (run_dir / CONFIG_FILE).exists():
+        owner = holder(run_dir)
+        if owner:
+            raise TextVAEError(f"{run_dir} is being trained by {describe(owner)}")
+        raise TextVAEError(f"{run_dir} was stopped while it was being set up (it has no {CONFIG_FILE}); start it "
+                           f"again with `{kind.command} --out {run_dir} --overwrite ...`")
     check_run_dir(run_dir, kind.name, weights=False)
     lock(run_dir, held)
     saved, config = resume_config(read_json(run_dir / CONFIG_FILE), args, kind)
