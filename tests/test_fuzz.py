@@ -20,7 +20,7 @@ from textvae.data import read_texts, tokenize_split
 from textvae.errors import TextVAEError
 from textvae.tokenization import build_tokenizer
 
-FUZZ = settings(max_examples=25, deadline=None, derandomize=True,
+FUZZ = settings(max_examples=25, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 # Text as people and files deliver it, at its worst.
@@ -83,7 +83,7 @@ def test_the_tokenizer_front_end_never_breaks(word_tokenizer, value):
     assert not any(ch in shown for ch in "\x00\x1b\ufeff\x85")  # nothing raw reaches a terminal
 
 
-@settings(max_examples=8, deadline=None, derandomize=True)
+@settings(max_examples=8, deadline=None, derandomize=True, database=None)
 @given(texts=st.lists(st.one_of(text, st.text(max_size=200)), min_size=1, max_size=4),
        spec=st.sampled_from(["word", "bpe"]))
 def test_a_tokenizer_trains_on_anything_or_refuses(texts, spec):
