@@ -23,12 +23,13 @@ LOWER = ["textvae.model", "textvae.base", "textvae.nn", "textvae.latent", "textv
          "textvae.data", "textvae.tokenization", "textvae.generation", "textvae.operations",
          "textvae.evaluation", "textvae.image", "textvae.config", "textvae.config_tree"]
 BOTTOM = ["textvae.errors", "textvae.runtime", "textvae.run_folder", "textvae.config_tree", "textvae.builtin",
-          "textvae.hub"]  # import only errors
+          "textvae.hub", "textvae.run_lock"]  # import only errors
 # The layers bottom up (the README's layout section draws them): a module
 # imports its own layer and the ones below, never one above.
 LAYERS = [
     ["textvae.errors"],
-    ["textvae.config_tree", "textvae.runtime", "textvae.run_folder", "textvae.builtin", "textvae.hub"],
+    ["textvae.config_tree", "textvae.runtime", "textvae.run_folder", "textvae.builtin", "textvae.hub",
+     "textvae.run_lock"],
     ["textvae.config"],
     ["textvae.tokenization", "textvae.data", "textvae.latent", "textvae.objectives", "textvae.nn",
      "textvae.generation", "textvae.image.data", "textvae.image.batches", "textvae.image.layers",

@@ -228,3 +228,70 @@ def test_a_checkpoint_of_an_unfused_optimiser_resumes_with_the_fused_kernels(tmp
     assert resumed.param_groups[0]["fused"] is True
     torch.testing.assert_close(resumed.state[model.weight]["exp_avg"], old.state[model.weight]["exp_avg"])
     resumed.step()  # the fused kernel accepts the restored state
+
+
+# ------------------------------------------------------- kill -9, at random
+def wait_until(condition, process, seconds):
+    """Poll ``condition`` for up to ``seconds`` while ``process`` runs; whether it came true."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and process.poll() is None:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def logged_step(run) -> int:
+    try:
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        return json.loads(lines[-1])["step"] if lines else 0
+    except (OSError, ValueError, KeyError):
+        return 0  # not there yet, or a line being written
+
+
+@pytest.mark.parametrize("kills", [3, pytest.param(20, marks=pytest.mark.slow)])
+def test_kill_9_at_random_moments_then_resume_ends_bitwise_equal(uninterrupted, shared_corpus, tmp_path, kills):
+    """A training process killed with SIGKILL ``kills`` times at random
+    moments (start-up, training steps, checkpoint and log writes), each time
+    continued (`--resume`, or `--overwrite` when it died before writing its
+    config), ends with the weights and log of the uninterrupted run."""
+    import os
+    import random
+    import subprocess
+    import sys
+    import time
+
+    rng = random.Random(kills)
+    run = tmp_path / "K"
+    flags = [str(f) for f in RESUME_FLAGS if f != "-q"]
+    start = [sys.executable, "-m", "textvae", "-q", "train", "--data", str(shared_corpus), "--out", str(run), *flags,
+             "--set", f"train.max_steps={STEPS}", "--overwrite"]
+    resume = [sys.executable, "-m", "textvae", "-q", "train", "--resume", str(run)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    moments = []
+    for attempt in range(kills + 1):
+        command = resume if (run / "config.json").exists() else start
+        err_file = tmp_path / f"stderr{attempt}"
+        with open(err_file, "wb") as err:
+            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, env=env)
+        if attempt < kills:
+            if rng.random() < 0.5:  # a moment of the training itself: after a random logged step
+                target = rng.randint(logged_step(run) + 1, STEPS)
+                wait_until(lambda: logged_step(run) >= target, process, 300)
+            else:  # any moment: start-up, data, the first steps
+                time.sleep(rng.uniform(0.0, 4.0))
+            moments.append(logged_step(run))
+            process.kill()
+            process.wait()
+        else:
+            process.wait(timeout=600)
+            assert process.returncode == 0, err_file.read_text()
+            assert "Traceback" not in err_file.read_text()
+    assert not [p for p in run.rglob("*") if p.name.endswith(".tmp")] and not (run / "train.lock").exists()
+    for name in ("checkpoint/model.safetensors", "model.safetensors"):
+        a, b = load_file(uninterrupted / name), load_file(run / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), (name, moments)
+    assert [(r["step"], r["split"]) for r in records(run)] == [(r["step"], r["split"]) for r in records(uninterrupted)]
+    assert [r["loss"] for r in records(run, "train")] == [r["loss"] for r in records(uninterrupted, "train")]

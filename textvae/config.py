@@ -8,13 +8,13 @@ overrides (``--set model.latent_dim=16``) that are checked against the fields.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from . import config_tree
+from .run_folder import write_json_atomic
 # Files, presets and type-checked trees are shared with the image config (config_tree.py).
 from .config_tree import _check, _choice, from_dict, list_presets, read_config_file  # noqa: F401
 
@@ -152,6 +152,9 @@ class TrainConfig:
     momentum: float = 0.0
     weight_decay: float = 0.0
     grad_clip: float = 5.0  # max gradient norm; 0 disables
+    # A step whose loss or gradient is NaN or inf is skipped (training/guard.py);
+    # this many in a row stop the run with an error (the weights have diverged).
+    max_nonfinite_steps: int = 20
     # Learning-rate schedule over the run (training/schedule.py): "plateau"
     # decays by lr_decay when validation stalls; "cosine" falls from lr to 0
     # over the run (Loshchilov & Hutter 2017). The run's length is max_steps,
@@ -185,11 +188,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "checkpoint_every", "log_every",
-                     "aggressive_max_inner"):
+                     "aggressive_max_inner", "max_nonfinite_steps"):
             _check(getattr(self, name) >= 1, f"train.{name} must be >= 1")
         for name in ("max_steps", "lr_patience", "max_lr_decays", "early_stop_patience", "eval_every",
                      "num_threads", "ae_pretrain_epochs", "aggressive_eval_every", "aggressive_max_steps"):
             _check(getattr(self, name) >= 0, f"train.{name} must be >= 0")
+        _check(0 <= self.seed < 2**32, "train.seed must be in [0, 2**32)")
         _choice("train.optimizer", self.optimizer, ("adam", "sgd"))
         _choice("train.lr_schedule", self.lr_schedule, ("plateau", "cosine"))
         _check(self.lr_warmup_steps >= 0, "train.lr_warmup_steps must be >= 0")
@@ -215,7 +219,7 @@ class Config:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_json_atomic(Path(path), self.to_dict())
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "Config":

@@ -18,6 +18,7 @@ from typing import Any, Optional
 from .errors import TextVAEError
 
 PRESET_DIR = Path(__file__).parent / "presets"
+MAX_CONFIG_BYTES = 16 * 2**20  # a config is a few kilobytes; never read an endless file
 
 
 def _check(condition: bool, message: str) -> None:
@@ -40,12 +41,22 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
                 break
         else:
             raise TextVAEError(f"config file {path} does not exist (presets: {', '.join(list_presets())})")
-    text = path.read_text(encoding="utf-8")
+    _check(not path.is_dir(), f"config file {path} is a folder; give a YAML or JSON file")
+    try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise TextVAEError(f"config file {path} is over {MAX_CONFIG_BYTES // 2**20} MiB: not a config")
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise TextVAEError(f"cannot read config file {path}: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise TextVAEError(f"config file {path} is not UTF-8 text (byte {error.start})") from None
     try:
         if path.suffix == ".json":
             raw = json.loads(text)
         else:
             raw = load_yaml(text)
+    except RecursionError:
+        raise TextVAEError(f"cannot parse config file {path}: nested too deeply") from None
     except Exception as error:  # yaml and json raise several types
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise TextVAEError(f"cannot parse config file {path}: {first_line}") from None
@@ -101,18 +112,28 @@ def _coerce(value: Any, kind: Any, dotted: str) -> Any:
             return None
         return _coerce(value, args[0], dotted)
     if kind is bool:
-        _check(isinstance(value, bool), f"config key {dotted!r} must be true or false, got {value!r}")
+        _check(isinstance(value, bool), f"config key {dotted!r} must be true or false, got {_show(value)}")
     elif kind is int:
         _check(isinstance(value, int) and not isinstance(value, bool),
-               f"config key {dotted!r} must be an integer, got {value!r}")
+               f"config key {dotted!r} must be an integer, got {_show(value)}")
+        _check(abs(value) < 2**63, f"config key {dotted!r} must fit in 64 bits, got {_show(value)}")
     elif kind is float:
         _check(isinstance(value, (int, float)) and not isinstance(value, bool),
-               f"config key {dotted!r} must be a number, got {value!r}")
-        _check(abs(value) < 1e300 and value == value, f"config key {dotted!r} must be finite, got {value!r}")
+               f"config key {dotted!r} must be a number, got {_show(value)}")
+        _check(abs(value) < 1e300 and value == value, f"config key {dotted!r} must be finite, got {_show(value)}")
         return float(value)
     elif kind is str:
-        _check(isinstance(value, str), f"config key {dotted!r} must be a string, got {value!r}")
+        _check(isinstance(value, str), f"config key {dotted!r} must be a string, got {_show(value)}")
     return value
+
+
+def _show(value: Any) -> str:
+    """A value for an error message, cut short (a fuzzed --set may be megabytes)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's 4,300-digit limit for str()
+        return "a number of over 4,300 digits"
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -124,7 +145,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     _check(bool(key.strip()), f"--set expects KEY=VALUE, got {text!r}")
     try:
         parsed = load_yaml(value) if value.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):  # not YAML: the text as typed
         parsed = value
     if isinstance(parsed, (dict, list)):
         parsed = value

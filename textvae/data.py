@@ -82,7 +82,10 @@ def check_text_file(path: Path) -> None:
     """Fail early, with a line number, on a missing, empty or non-UTF-8 file."""
     if not path.exists():
         raise TextVAEError(f"data file {path} does not exist")
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as error:  # unreadable (permissions), a folder, a device that fails
+        raise TextVAEError(f"cannot read data file {path}: {error.strerror or error}") from None
     if not data.strip():
         raise TextVAEError(f"data file {path} is empty")
     try:

@@ -32,10 +32,11 @@ class GenerationConfig:
     def __post_init__(self) -> None:
         if self.strategy not in ("greedy", "sample", "beam"):
             raise ValueError(f"unknown strategy {self.strategy!r} (greedy, sample, beam)")
-        if self.temperature <= 0 or self.top_k < 0 or not 0 < self.top_p <= 1 or self.beam_size < 1 \
-                or self.max_length < 1:
-            raise ValueError("invalid generation settings: temperature > 0, top_k >= 0, 0 < top_p <= 1, "
-                             "beam_size >= 1 and max_length >= 1 are required")
+        if not self.temperature > 0 or self.temperature == float("inf") or self.top_k < 0 \
+                or not 0 < self.top_p <= 1 or self.beam_size < 1 or self.max_length < 1 \
+                or not abs(self.length_penalty) < float("inf"):
+            raise ValueError("invalid generation settings: a finite temperature > 0, top_k >= 0, 0 < top_p <= 1, "
+                             "beam_size >= 1, max_length >= 1 and a finite length_penalty are required")
 
 
 def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:

@@ -11,20 +11,30 @@ evaluation, ``eval_SPLIT.json``.
 At the bottom of the package (it imports only ``errors``): the models, the
 evaluation, the trainer and the commands all read and write run folders
 through it. Every file another process may read is written to a temporary
-name and renamed into place, so a killed process never leaves half a file.
+name and renamed into place, so a killed process never leaves half a file; a
+write that fails (disk full, a read-only folder) removes its temporary file,
+keeps the file it would have replaced and is one error line. Weights are
+checked to be finite before every write and after every read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import re
+import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
 from .errors import TextVAEError
+
+log = logging.getLogger("textvae")
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -42,10 +52,46 @@ def eval_file(split: str, suffix: str = "") -> str:
 
 
 # ----------------------------------------------------------------- writes
-def write_text_atomic(path: Path, text: str) -> None:
+@contextlib.contextmanager
+def replacing(path: Path, what: str = "") -> Iterator[Path]:
+    """A temporary name beside ``path`` (a file or a folder) to write to;
+    renamed into place when the block ends. If the block fails, the temporary
+    is removed and ``path`` is left as it was; an OSError (disk full, a
+    read-only folder) becomes one error line."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException as error:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        if isinstance(error, OSError):
+            raise write_error(what or str(path), error) from None
+        raise
+
+
+def write_error(what: str, error: OSError) -> TextVAEError:
+    """One line for a failed write: what, why (``No space left on device``), and that nothing was replaced."""
+    return TextVAEError(f"cannot write {what}: {error.strerror or error}; the previous version (if any) is kept")
+
+
+def check_output_file(path: Path, flag: str = "--json") -> None:
+    """Fail before any work when ``path`` cannot become a file: its folder is
+    missing, or it is a folder itself."""
+    if path.is_dir():
+        raise TextVAEError(f"{flag} {path} is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise TextVAEError(f"{flag} {path}: folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK):
+        raise TextVAEError(f"{flag} {path}: folder {path.parent} is not writable")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with replacing(path) as tmp:
+        tmp.write_text(text)
 
 
 def write_json_atomic(path: Path, value: Any) -> None:
@@ -54,10 +100,34 @@ def write_json_atomic(path: Path, value: Any) -> None:
 
 
 def save_weights(model: nn.Module, path: Path) -> None:
-    """Atomic safetensors write (tied weights are stored once)."""
-    tmp = path.with_name(path.name + ".tmp")
-    save_model(model, str(tmp))
-    os.replace(tmp, path)
+    """Atomic safetensors write (tied weights are stored once); non-finite weights are refused."""
+    check_finite(model, f"refusing to write {path}")
+    with replacing(path) as tmp:
+        write_safetensors(model, tmp)
+
+
+def write_safetensors(model: nn.Module, path: Path) -> None:
+    """``safetensors.torch.save_model``, whose I/O failures (a SafetensorError
+    that says "os error 28") become the OSError they are."""
+    try:
+        save_model(model, str(path))
+    except OSError:
+        raise
+    except Exception as error:
+        found = re.search(r"os error (\d+)", str(error))
+        if not found:
+            raise
+        raise OSError(int(found.group(1)), os.strerror(int(found.group(1))), str(path)) from None
+
+
+DIVERGED = "the training diverged (try a lower train.lr or train.grad_clip)"
+
+
+def check_finite(model: nn.Module, doing: str, why: str = DIVERGED) -> None:
+    """One error line when a floating-point weight or buffer of ``model`` holds NaN or inf."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise TextVAEError(f"{doing}: weight {name} is not finite (NaN or inf); {why}")
 
 
 def load_weights(model: nn.Module, path: Path) -> None:
@@ -74,6 +144,7 @@ def load_weights(model: nn.Module, path: Path) -> None:
     if missing or unexpected:
         raise TextVAEError(f"weights in {path} do not fit the config: missing {sorted(missing)[:3]}, "
                            f"unexpected {sorted(unexpected)[:3]}")
+    check_finite(model, f"cannot use the weights in {path}", "the file is damaged or its training diverged")
 
 
 def weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
@@ -93,9 +164,11 @@ def weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 # ------------------------------------------------------------------ reads
 def read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise TextVAEError(f"{path} is not valid JSON") from None
+    except OSError as error:
+        raise TextVAEError(f"cannot read {path}: {error.strerror or error}") from None
 
 
 def read_kind(directory: Path) -> str:
@@ -136,24 +209,45 @@ def read_metrics(run_dir: Path) -> list[dict]:
     path = run_dir / METRICS_FILE
     if not path.exists():
         raise TextVAEError(f"{run_dir} has no {METRICS_FILE} (is it a run directory?)")
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    return [record for _, record in _metric_lines(path)]
+
+
+def _metric_lines(path: Path) -> list[tuple[str, dict]]:
+    """(line, record) for each line of ``metrics.jsonl``. A torn last line (a
+    process killed while appending it) is skipped with a note; any other line
+    that is not a JSON record is an error."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as error:
+        raise TextVAEError(f"cannot read {path}: {error.strerror or error}") from None
+    out = []
+    for number, line in enumerate(lines, 1):
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            raise TextVAEError(f"{path} line {number} is not JSON") from None
-    return records
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ValueError("not a record")
+        except (ValueError, RecursionError):
+            if number == len(lines):
+                log.warning(f"{path}: skipping its last line, cut short (by a process killed while writing it?)")
+                break
+            raise TextVAEError(f"{path} line {number} is not a JSON record") from None
+        out.append((line, record))
+    return out
 
 
 # ---------------------------------------------------------- metrics.jsonl
 def append_metrics(run_dir: Path, record: dict) -> None:
-    with open(run_dir / METRICS_FILE, "a") as handle:
-        handle.write(json.dumps(record) + "\n")
+    try:
+        with open(run_dir / METRICS_FILE, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+    except OSError as error:
+        raise write_error(str(run_dir / METRICS_FILE), error) from None
 
 
 def truncate_metrics(run_dir: Path, step: int) -> None:
-    """Drop the records written after ``step`` (by a session that went on past its last checkpoint)."""
+    """Drop the records written after ``step`` (by a session that went on past
+    its last checkpoint) and a torn last line; rewritten atomically."""
     path = run_dir / METRICS_FILE
     if path.exists():
-        kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in kept))
+        kept = [line for line, record in _metric_lines(path) if record["step"] <= step]
+        write_text_atomic(path, "".join(line + "\n" for line in kept))

@@ -22,6 +22,7 @@ from .errors import TextVAEError
 
 TRAINED_KINDS = ("word", "bpe", "wordpiece", "unigram")
 DEFAULT_SPECIALS = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>"}
+SPECIAL_ROLES = tuple(DEFAULT_SPECIALS)  # every tokenizer has the four
 SPECIALS_FILE = "special_tokens.json"
 HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -121,9 +122,10 @@ class Tokenizer:
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
             specials = meta["specials"]
-            if not isinstance(specials, dict) or not all(isinstance(v, (str, type(None))) for v in specials.values()):
-                raise ValueError("'specials' must map roles to tokens")
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
+            if not isinstance(specials, dict) or not all(isinstance(specials.get(role), str) and specials[role]
+                                                         for role in SPECIAL_ROLES):
+                raise ValueError(f"'specials' must map each of {', '.join(SPECIAL_ROLES)} to a token")
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError, OSError) as error:
             raise TextVAEError(f"{meta_path} is malformed: {str(error).splitlines()[0] if str(error) else error!r}") \
                 from None
         try:

@@ -10,7 +10,8 @@ from .. import builtin
 from ..builtin import resolve_run
 from ..errors import TextVAEError
 from ..evaluation.results import compare_table, read_run_result
-from ..run_folder import eval_file, write_json_atomic
+from ..run_folder import check_output_file, eval_file, write_json_atomic
+from .args import seed
 
 log = logging.getLogger("textvae")
 
@@ -24,7 +25,7 @@ def register(commands) -> None:
     p.add_argument("--iw-chunk", type=int, default=50, help="samples per decoder pass (memory bound)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--samples", type=int, default=500, help="prior samples for distinct-n and self-BLEU")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="bf16 autocast: several times faster on CPUs with AMX (checked against fp32 by the tests)")
     p.add_argument("--device", default="auto")
@@ -50,6 +51,8 @@ def _eval(args: argparse.Namespace) -> None:
 
     if args.iw_samples < 1 or args.iw_chunk < 1 or args.batch_size < 1 or args.samples < 1:
         raise TextVAEError("--iw-samples, --iw-chunk, --batch-size and --samples must be >= 1")
+    if args.json:
+        check_output_file(Path(args.json))  # before the evaluation, not after it
     device = resolve_device(args.device)
     model = TextVAE.from_pretrained(args.run, device=device)
     texts = read_texts(args.data, [args.split], model.config.data.text_column)

@@ -33,10 +33,11 @@ from ..image.evaluate import evaluate_images
 from ..image.model import ConvVAE
 from ..image.plots import latent_plane, save_grid, save_pairs, save_scatter
 from ..image.splits import data_path, eval_batches, pick, train_valid
-from ..run_folder import CONFIG_FILE, eval_file, write_json_atomic
+from ..run_folder import CONFIG_FILE, check_output_file, eval_file, write_json_atomic
 from ..runtime import describe_device, resolve_device
 from ..training.trainer import Trainer
 from . import launch
+from .args import seed
 
 log = logging.getLogger("textvae")
 
@@ -55,6 +56,7 @@ def register(commands) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field by its dotted name, e.g. model.latent_dim=32 (repeatable)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace the run folder --out if there is one")
     p.set_defaults(handler=_train)
 
     p = sub.add_parser("eval", help="ELBO, KL, importance-weighted NLL, active units and MI on a split")
@@ -95,7 +97,7 @@ def _common(p: argparse.ArgumentParser, data: bool = True, png: bool = True) -> 
                        help="the split of a data folder (default test); a data file is used whole")
     if png:
         p.add_argument("--out", metavar="FILE", help="PNG path (default: a file in RUN)")
-    p.add_argument("--seed", type=int, default=0, help="picks the images and the random draws")
+    p.add_argument("--seed", type=seed, default=0, help="picks the images and the random draws")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
 
 
@@ -134,6 +136,8 @@ def _load(args: argparse.Namespace) -> ConvVAE:
 def _eval(args: argparse.Namespace) -> None:
     if args.iw_samples < 1 or args.limit < 0:
         raise TextVAEError("--iw-samples must be >= 1 and --limit >= 0")
+    if args.json:
+        check_output_file(Path(args.json))  # before the evaluation, not after it
     model = _load(args)
     batches = eval_batches(args.data, args.split, model.config, args.limit, args.seed)
     subset = {"limit": args.limit, "seed": args.seed} if args.limit else None

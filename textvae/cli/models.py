@@ -11,6 +11,7 @@ from pathlib import Path
 from .. import builtin
 from ..builtin import builtin_names, model_card
 from ..errors import TextVAEError
+from .args import seed
 
 log = logging.getLogger("textvae")
 
@@ -30,7 +31,7 @@ def register(commands) -> None:
     p.add_argument("--data", help="training sentences (default: the run's data.path)")
     p.add_argument("--components", type=int, default=None, help="mixture components (default: model.prior_components)")
     p.add_argument("--max-sentences", type=int, default=20000, help="fit on at most this many (seeded sample)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.set_defaults(handler=_fit_prior)
 

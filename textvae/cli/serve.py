@@ -13,6 +13,7 @@ import socket
 import sys
 
 from ..errors import TextVAEError
+from .args import seed
 
 
 def register(commands) -> None:
@@ -35,7 +36,7 @@ def register(commands) -> None:
                    help="time allowed for encoding the map's sentences; the map keeps what was done by then")
     p.add_argument("--projection", choices=("pca", "umap"), default="pca",
                    help="2-D projection of the posterior means (umap needs umap-learn)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the map's sample")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the map's sample")
     p.add_argument("--max-n", type=int, default=32, help="most sentences per sample or completion request")
     p.add_argument("--max-steps", type=int, default=20, help="most points on an interpolation path")
     p.add_argument("--max-chars", type=int, default=500, help="most characters per input sentence")

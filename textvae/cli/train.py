@@ -37,6 +37,7 @@ def register(commands) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field by its dotted name, e.g. model.latent_dim=16 (repeatable)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace the run folder --out if there is one")
     p.add_argument("--time-budget", type=float, metavar="MINUTES",
                    help="train for this many minutes (validation included; sets train.time_budget); epochs then "
                         "no longer end the run unless train.epochs or train.max_steps is given with --set")
@@ -72,8 +73,8 @@ def _start(args: argparse.Namespace, out: Path, cuda_device) -> Trainer:
         tokenizer = build_tokenizer(config.tokenizer, (t for t in texts["train"] if t.strip()))
         model = TextVAE(config, tokenizer)  # built before the folder exists: bad names fail first
         out.mkdir(parents=True, exist_ok=True)
-        config.save(out / CONFIG_FILE)
         model.save_files(out)  # the tokenizer, and the configs that rebuild hf: backbones offline
+        config.save(out / CONFIG_FILE)  # last: a folder with a config.json has its tokenizer
     distributed.barrier()
     tokenizer = Tokenizer.load(out / TOKENIZER_DIR)
     torch.manual_seed(config.train.seed)  # identical initial weights on every rank
@@ -102,5 +103,10 @@ def _trainer(model: TextVAE, config: Config, run_dir: Path, data: Optional[str],
     return Trainer(model, train_cfg, config.objective, train, valid, run_dir)
 
 
+def _initial_model(run_dir: Path, config: Config) -> TextVAE:
+    """The model a new run starts with (pretrained backbones loaded as then), from the folder's tokenizer."""
+    return TextVAE(config, Tokenizer.load(run_dir / TOKENIZER_DIR))
+
+
 TEXT_RUN = launch.RunKind("text", "textvae train", "sentence", TextVAE, _start, _trainer, required=("data", "out"),
-                          overrides=budget_overrides, distributed=True)
+                          overrides=budget_overrides, distributed=True, initial_model=_initial_model)

@@ -12,6 +12,12 @@ import sys
 from ..errors import TextVAEError
 from ..model import TextVAE
 from ..runtime import resolve_device
+from .args import finite, require, seed
+
+MAX_BEAM = 64  # beams a sentence: memory grows with their number
+MAX_AT_ONCE = 10_000  # completions, interpolation steps: decoded in one batch
+MAX_PROPOSALS = 100_000  # importance samples of z for complete, scored in one batch
+CHUNK = 256  # input sentences encoded and decoded at once: memory stays flat in their number
 
 
 def _common(p: argparse.ArgumentParser, decoding: str) -> None:
@@ -26,7 +32,7 @@ def _common(p: argparse.ArgumentParser, decoding: str) -> None:
         p.add_argument("--beam-size", type=int, default=4)
         p.add_argument("--length-penalty", type=float, default=1.0)
         p.add_argument("--max-length", type=int, default=None, help="tokens per sentence (default: data.max_length)")
-        p.add_argument("--seed", type=int, default=None, help="makes the output reproducible")
+        p.add_argument("--seed", type=seed, default=None, help="makes the output reproducible")
 
 
 def register(commands) -> None:
@@ -71,9 +77,11 @@ def _options(args: argparse.Namespace) -> dict:
     options = {"strategy": args.strategy, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
                "beam_size": args.beam_size, "length_penalty": args.length_penalty, "max_length": args.max_length,
                "seed": args.seed}
+    finite(temperature=args.temperature, top_p=args.top_p, length_penalty=args.length_penalty)
     if args.temperature <= 0 or args.top_k < 0 or not 0 < args.top_p <= 1 or args.beam_size < 1 \
             or (args.max_length is not None and args.max_length < 1):
         raise TextVAEError("need --temperature > 0, --top-k >= 0, 0 < --top-p <= 1, --beam-size >= 1, --max-length >= 1")
+    require(args.beam_size <= MAX_BEAM, f"--beam-size must be <= {MAX_BEAM}")
     return options
 
 
@@ -106,33 +114,48 @@ def _sample(args: argparse.Namespace) -> None:
         raise TextVAEError("-n must be >= 1")
     from ..operations import sample_stream
 
-    for lines in sample_stream(_load(args), args.n, **_options(args)):  # the first lines come out at once
+    options = _options(args)
+    for lines in sample_stream(_load(args), args.n, **options):  # the first lines come out at once
         _emit(lines)
         sys.stdout.flush()
 
 
+def _chunks(texts: list[str]):
+    return (texts[i: i + CHUNK] for i in range(0, len(texts), CHUNK))
+
+
 def _reconstruct(args: argparse.Namespace) -> None:
-    texts = _texts(args)
-    _emit(_load(args).reconstruct(texts, **_options(args)))
+    texts, options = _texts(args), _options(args)
+    model = _load(args)
+    for chunk in _chunks(texts):
+        _emit(model.reconstruct(chunk, **options))
 
 
 def _encode(args: argparse.Namespace) -> None:
     texts = _texts(args)
-    q = _load(args).encode(texts)
-    for text, mean, logvar in zip(texts, q.mean.tolist(), q.logvar.tolist()):
-        print(json.dumps({"text": text, "mean": [round(v, 6) for v in mean], "logvar": [round(v, 6) for v in logvar]}))
+    model = _load(args)
+    for chunk in _chunks(texts):
+        q = model.encode(chunk)
+        for text, mean, logvar in zip(chunk, q.mean.tolist(), q.logvar.tolist()):
+            print(json.dumps({"text": text, "mean": [round(v, 6) for v in mean],
+                              "logvar": [round(v, 6) for v in logvar]}))
 
 
 def _complete(args: argparse.Namespace) -> None:
     if args.n < 1 or args.proposals < 1:
         raise TextVAEError("-n and --proposals must be >= 1")
+    require(args.n <= MAX_AT_ONCE and args.proposals <= MAX_PROPOSALS,
+            f"complete writes at most -n {MAX_AT_ONCE:,} with at most --proposals {MAX_PROPOSALS:,}")
+    options = _options(args)
     _emit(_load(args).complete(args.prefix, args.n, proposals=args.proposals, continue_word=args.continue_word,
-                               **_options(args)))
+                               **options))
 
 
 def _interpolate(args: argparse.Namespace) -> None:
     for text in (args.start, args.end):
         if not text.strip():
             raise TextVAEError("interpolation endpoints must not be empty")
-    _emit(_load(args).interpolate(args.start, args.end, args.steps, method=args.method, **_options(args)))
+    require(args.steps <= MAX_AT_ONCE, f"--steps must be <= {MAX_AT_ONCE:,}")
+    options = _options(args)
+    _emit(_load(args).interpolate(args.start, args.end, args.steps, method=args.method, **options))
 

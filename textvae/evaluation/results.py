@@ -57,6 +57,12 @@ def read_result(path: Path) -> dict[str, Any]:
     result = {OLD_KEYS.get(key, key): value for key, value in raw.items()}
     if "unit" not in result:  # text files written before the shared schema
         result["unit"] = "nats per sentence" if "sentences" in result else "nats per image"
+    for key, _ in COMPARE_COLUMNS:
+        value = result.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise TextVAEError(f"{path} is damaged: its {key!r} is {str(value)[:40]!r}, not a number")
+    if not isinstance(result["unit"], str):
+        raise TextVAEError(f"{path} is damaged: its 'unit' is not text")
     return result
 
 

@@ -9,14 +9,13 @@ image run folders cannot be mistaken for each other. Files, presets and
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from ..config import ObjectiveConfig, TrainConfig
 from ..config_tree import _check, _choice, build_tree, from_dict
-from ..errors import TextVAEError
+from ..run_folder import read_json, write_json_atomic
 from .data import BINARIZE_MODES
 from .layers import ACTIVATIONS, UPSAMPLING
 
@@ -37,6 +36,7 @@ class ImageDataConfig:
         _choice("data.binarize", self.binarize, BINARIZE_MODES)
         _check(0.0 < self.valid_fraction < 1.0, "data.valid_fraction must be in (0, 1)")
         _check(self.valid_limit >= 0, "data.valid_limit must be >= 0")
+        _check(0 <= self.seed < 2**32, "data.seed must be in [0, 2**32)")
 
 
 @dataclass
@@ -85,7 +85,7 @@ class ImageConfig:
         return {"kind": KIND, **dataclasses.asdict(self)}
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        write_json_atomic(Path(path), self.to_dict())
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "ImageConfig":
@@ -96,10 +96,7 @@ class ImageConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "ImageConfig":
-        try:
-            raw = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise TextVAEError(f"cannot read {path}: {error}") from None
+        raw = read_json(Path(path))
         _check(isinstance(raw, dict), f"{path} must hold a JSON object")
         return cls.from_dict(raw)
 

@@ -8,7 +8,8 @@ trainer's typed state (``state.json``, ``state.py``).
 A checkpoint is a folder written next to its final place and renamed into it,
 so a process killed at any moment leaves either the old checkpoint or the new
 one, never half of one (``run_folder.find_checkpoint`` finds whichever is
-complete).
+complete). A write that fails (disk full, a read-only folder, non-finite
+weights) leaves the previous checkpoint as it was and no temporary folder.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from safetensors.torch import save_model
 from torch import nn
 
-from ..run_folder import (CHECKPOINT_DIR, OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE, find_checkpoint, load_weights,
-                          read_json)
+from ..errors import TextVAEError
+from ..run_folder import (CHECKPOINT_DIR, OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE, check_finite, find_checkpoint,
+                          load_weights, read_json, write_error, write_safetensors)
 from .state import TrainState
 
 
@@ -43,15 +44,22 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState) -> None:
     """Write ``RUN/checkpoint/`` (weights, optimiser, RNG, trainer state)."""
+    check_finite(model, f"refusing to write a checkpoint in {run_dir} (the last one is kept)")
     final = run_dir / CHECKPOINT_DIR
     tmp = run_dir / (CHECKPOINT_DIR + ".tmp")
     old = run_dir / (CHECKPOINT_DIR + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model(model, str(tmp / WEIGHTS_FILE))
-    torch.save({"optimizer": optimizer.state_dict(), "rng": rng_state()}, tmp / OPTIMIZER_FILE)
-    (tmp / STATE_FILE).write_text(json.dumps(state.to_dict(), indent=2))
-    _fsync_dir(tmp)
+    try:
+        tmp.mkdir(parents=True)
+        write_safetensors(model, tmp / WEIGHTS_FILE)
+        torch.save({"optimizer": optimizer.state_dict(), "rng": rng_state()}, tmp / OPTIMIZER_FILE)
+        (tmp / STATE_FILE).write_text(json.dumps(state.to_dict(), indent=2))
+        _fsync_dir(tmp)
+    except BaseException as error:  # disk full, a read-only folder, Ctrl-C twice: no half checkpoint stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(error, OSError):
+            raise write_error(f"a checkpoint in {run_dir}", error) from None
+        raise
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
@@ -64,14 +72,19 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     """Restore weights, optimiser and RNG from the checkpoint folder ``path``;
     return the trainer state (``initial`` fills what an older file lacks)."""
     load_weights(model, path / WEIGHTS_FILE)
-    saved = torch.load(path / OPTIMIZER_FILE, weights_only=True)
-    # The kernel choice is this process's, not the checkpoint's: a run saved
-    # before the fused kernels (or on a device without them) resumes with
-    # what build_optimizer chose here.
-    for group in saved["optimizer"]["param_groups"]:
-        group["fused"] = optimizer.defaults.get("fused")
-    optimizer.load_state_dict(saved["optimizer"])
-    set_rng_state(saved["rng"])
+    try:
+        saved = torch.load(path / OPTIMIZER_FILE, weights_only=True)
+        # The kernel choice is this process's, not the checkpoint's: a run saved
+        # before the fused kernels (or on a device without them) resumes with
+        # what build_optimizer chose here.
+        for group in saved["optimizer"]["param_groups"]:
+            group["fused"] = optimizer.defaults.get("fused")
+        optimizer.load_state_dict(saved["optimizer"])
+        set_rng_state(saved["rng"])
+    except Exception as error:  # torch.load and load_state_dict raise many types
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise TextVAEError(f"{path / OPTIMIZER_FILE} does not hold this run's optimiser state: {first[:200]}") \
+            from None
     return TrainState.from_dict(read_json(path / STATE_FILE), initial)
 
 

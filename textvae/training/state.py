@@ -52,6 +52,14 @@ class AggressiveState:
 
 
 @dataclass
+class GuardState:
+    """The finite-loss guard (``guard.py``)."""
+
+    streak: int = 0  # optimiser steps skipped in a row for a non-finite loss or gradient
+    skipped: int = 0  # steps skipped over the whole run
+
+
+@dataclass
 class TrainState:
     step: int = 0  # optimiser steps done (outer steps while the aggressive phase lasts)
     epoch: int = 0  # epochs completed
@@ -73,6 +81,7 @@ class TrainState:
     plateau: PlateauState = field(default_factory=PlateauState)
     collapse: CollapseState = field(default_factory=CollapseState)
     aggressive: AggressiveState = field(default_factory=AggressiveState)
+    guard: GuardState = field(default_factory=GuardState)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -92,7 +101,7 @@ class TrainState:
         return _build(cls, merged, "")
 
 
-SECTIONS = ("plateau", "collapse", "aggressive")  # the policies' own states
+SECTIONS = ("plateau", "collapse", "aggressive", "guard")  # the policies' own states
 # Flat keys of the untyped state, by the field they became.
 OLD_KEYS = {
     "plateau_best": ("best_loss",),
@@ -131,5 +140,22 @@ def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
             if not isinstance(value, dict):
                 raise TextVAEError(f"the training state's {prefix}{name} must be an object")
             value = _build(hints[name], value, f"{prefix}{name}.")
+        elif not _fits(value, hints[name]):
+            raise TextVAEError(f"the training state's {prefix}{name} cannot be {str(value)[:40]!r} "
+                               "(a damaged state.json?)")
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value has a field's type (an int stands for a float)."""
+    if typing.get_origin(hint) is typing.Union:
+        return any(_fits(value, arg) for arg in typing.get_args(hint))
+    if typing.get_origin(hint) is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) and _fits(v, typing.get_args(hint)[1])
+                                               for k, v in value.items())
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:  # counters and positions; last_eval_step is -1 before the first validation
+        return isinstance(value, int) and not isinstance(value, bool) and value >= -1
+    return isinstance(value, hint if isinstance(hint, type) else object)

@@ -33,6 +33,7 @@ from ..runtime import autocast_context, resolve_device
 from . import distributed
 from .aggressive import AggressivePhase
 from .checkpoint import load_checkpoint, save_checkpoint
+from .guard import FiniteGuard
 from .optim import build_optimizer
 from .policies import AEPretraining, CollapseMonitor, EarlyStop, PlateauDecay
 from .schedule import learning_rate, phase_progress
@@ -69,7 +70,7 @@ class Trainer:
                 raise TextVAEError("train.aggressive does not run with several processes")
             self.aggressive = AggressivePhase(self)
             self.step_fn = self.aggressive.step
-        self.collapse_monitor = CollapseMonitor(self)
+        self.collapse_monitor, self.guard = CollapseMonitor(self), FiniteGuard(self)
         self.policies = [AEPretraining(self), PlateauDecay(self), EarlyStop(self), self.collapse_monitor] + \
             ([self.aggressive] if self.aggressive else [])
 
@@ -134,7 +135,7 @@ class Trainer:
                 logs = distributed.mean_over_ranks({k: v / state.log_steps for k, v in state.log_sums.items()})
                 state.log_sums, state.log_steps = {}, 0
                 lr = self.optimizer.param_groups[0]["lr"]
-                self._log({"split": "train", "kl_weight": beta, "lr": lr, **logs})
+                self._log({"split": "train", "kl_weight": beta, "lr": lr, **logs, **self.guard.log_fields()})
             every = config.aggressive_eval_every if state.aggressive.active and config.aggressive_eval_every \
                 else config.eval_every
             if every and state.step % every == 0:
@@ -201,9 +202,10 @@ class Trainer:
         self._apply_lr()
 
     def train_step(self, batch, beta: float, frozen: tuple = ()) -> dict[str, float]:
-        """One optimiser step on the (floored, weighted) negative ELBO. The
-        ``frozen`` parameters get no gradient, so the optimiser leaves them
-        as they are (aggressive training updates encoder and decoder apart)."""
+        """One optimiser step on the (floored, weighted) negative ELBO, skipped
+        if the loss or gradient is not finite (``guard.py``). The ``frozen``
+        parameters get no gradient, so the optimiser leaves them as they are
+        (aggressive training updates encoder and decoder apart)."""
         self.network.train()
         with self.autocast():
             out = self.network(batch)
@@ -212,10 +214,7 @@ class Trainer:
         loss.backward()
         for param in frozen:
             param.grad = None
-        if self.config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.grad is not None],
-                                           self.config.grad_clip)
-        self.optimizer.step()
+        self.guard.step(loss)
         return {"loss": float(loss.detach()), "rec": float(out.rec.detach().mean()), "kl": float(out.kl.detach().mean())}
 
     # -------------------------------------------------------- validation
@@ -233,6 +232,8 @@ class Trainer:
         loss = selection_loss(result, self.objective)
         self._log({"split": "valid", **result, "objective": loss})
         state.last_eval_step = state.step
+        if not self.guard.usable(result, loss):
+            return result
         self._save_if_best(loss)
         if loss < state.best_loss - IMPROVEMENT:
             state.best_loss, state.since_best = loss, 0
