@@ -140,8 +140,8 @@ validation sentences unless said otherwise:
 | 128-d, beta 0.02, no word dropout | 10 min | 2.8% |
 | 128-d, beta 0.005, no dropout, Adam 3e-3 | 10 min | 10.2% |
 | the same, Transformer encoder and decoder (3 + 3 layers, 8 memory vectors) | 10 min | 0.1% |
-| 128-d, beta 0.005, no dropout, Adam 3e-3, example sentences only | 24 min, 10.7 epochs | 20.5% |
-| the same with lemmas and glosses (this model) | 11 min, 1.2 epochs | 26.8% |
+| 128-d, beta 0.005, no dropout, Adam 3e-3, example sentences only | 26 min, 9.6 epochs | 20.5% |
+| the same with lemmas and glosses (this model) | 15 min, 1.2 epochs | 26.8% |
 
 On the example sentences alone the model memorised its training set
 (training reconstruction 7.3 nats, validation 24.8 and flat): WordNet's
