@@ -204,7 +204,10 @@ def main() -> None:
 
         report["card"] = build_report(out, report, args)
         save()
-        export(args, out, report)
+        if report["card"]["ships"]:
+            export(args, out, report)
+        else:
+            print("textvae: the model did not reach the bar (results/builtin.md): not exported", file=sys.stderr)
 
 
 if __name__ == "__main__":
