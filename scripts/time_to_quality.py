@@ -94,9 +94,10 @@ def plain_worker(args) -> None:
 
 
 def our_points(run: Path, start: float) -> list[dict]:
-    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    from textvae.run_folder import read_metrics
+
     return [{"step": r["step"], "minutes": (r["time"] - start) / 60, "nll": r["rec"]}
-            for r in lines if r.get("split") == "valid"]
+            for r in read_metrics(run) if r.get("split") == "valid"]
 
 
 def plot(curves: dict, path: Path, title: str) -> None:

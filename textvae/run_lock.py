@@ -36,6 +36,19 @@ def describe(holder: dict) -> str:
     return f"process {pid}" + (f" on host {host}" if host and host != socket.gethostname() else "")
 
 
+def busy(run_dir: Path, owner: dict) -> TextVAEError:
+    """The one error line for a folder that another process trains."""
+    return TextVAEError(f"{run_dir} is being trained by {describe(owner)}; wait for it to finish (or stop it) "
+                        "before training this folder")
+
+
+def refuse_if_held(run_dir: Path) -> None:
+    """One error line if another process holds ``run_dir``'s lock now."""
+    owner = holder(run_dir)
+    if owner:
+        raise busy(run_dir, owner)
+
+
 def _read(fd: int) -> dict:
     try:
         raw = json.loads(os.pread(fd, 4096, 0).decode("utf-8") or "{}")
@@ -96,8 +109,7 @@ class RunLock:
             except BlockingIOError:
                 owner = _owner(fd)
                 os.close(fd)
-                raise TextVAEError(f"{self.run_dir} is being trained by {describe(owner)}; wait for it to "
-                                   "finish (or stop it) before training this folder") from None
+                raise busy(self.run_dir, owner) from None
             if not self._still_there(fd):  # the holder released (and removed) the file meanwhile: again
                 os.close(fd)
                 continue

@@ -33,7 +33,7 @@ from ..config_tree import apply_overrides
 from ..errors import TextVAEError
 from ..run_folder import (CHECKPOINT_DIR, CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, check_run_dir, find_checkpoint,
                           read_json, truncate_metrics)
-from ..run_lock import LOCK_FILE, RunLock, describe, holder
+from ..run_lock import LOCK_FILE, RunLock, refuse_if_held
 from ..training import distributed
 from ..training.trainer import Trainer
 
@@ -126,9 +126,7 @@ def new_run(args: argparse.Namespace, kind: RunKind, cuda_device: Optional[torch
 
 def check_replaceable(out: Path, overwrite: bool) -> None:
     """Refuse an existing, non-empty ``--out`` unless ``--overwrite`` may replace it (a run folder no one trains)."""
-    owner = holder(out)
-    if owner:
-        raise TextVAEError(f"{out} is being trained by {describe(owner)}")
+    refuse_if_held(out)
     names = {p.name for p in out.iterdir()}
     if not names & {CONFIG_FILE, CHECKPOINT_DIR, METRICS_FILE, WEIGHTS_FILE, LOCK_FILE}:
         raise TextVAEError(f"{out} already exists and is not a run folder; choose another --out")
@@ -159,9 +157,7 @@ def resume_run(args: argparse.Namespace, kind: RunKind, cuda_device: Optional[to
     if args.out or args.config or getattr(args, "tokenizer", None) or getattr(args, "overwrite", False):
         raise TextVAEError("--resume continues a run as configured; only --data and --set train.* may be given")
     if (run_dir / LOCK_FILE).exists() and not (run_dir / CONFIG_FILE).exists():
-        owner = holder(run_dir)
-        if owner:
-            raise TextVAEError(f"{run_dir} is being trained by {describe(owner)}")
+        refuse_if_held(run_dir)
         raise TextVAEError(f"{run_dir} was stopped while it was being set up (it has no {CONFIG_FILE}); start it "
                            f"again with `{kind.command} --out {run_dir} --overwrite ...`")
     check_run_dir(run_dir, kind.name, weights=False)
