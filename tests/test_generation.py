@@ -193,6 +193,58 @@ def test_eos_ends_generation_early(tiny_model):
     assert [len(ids) for ids in out] == [9, 9]
 
 
+def plain_decode(decoder, z, bos, eos, config, generator):
+    """The engine's semantics written the plain way: every row stays in the
+    batch to the end (finished rows keep emitting eos) and sampling is
+    torch.multinomial; what the engine must reproduce token for token."""
+    state = decoder.initial_state(z, len(z))
+    hidden, state = decoder(torch.full((len(z), 1), bos), state)
+    finished, steps = torch.zeros(len(z), dtype=torch.bool), []
+    for _ in range(config.max_length):
+        logits = decoder.output(hidden[:, -1]).float()
+        if config.strategy == "greedy":
+            token = logits.argmax(-1)
+        else:
+            probs = filter_logits(logits / config.temperature, config.top_k, config.top_p).softmax(-1)
+            token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        token = torch.where(finished, torch.full_like(token, eos), token)
+        finished |= token == eos
+        steps.append(token)
+        if finished.all():
+            break
+        hidden, state = decoder(token.unsqueeze(1), state)
+    rows = torch.stack(steps, 1).tolist()
+    return [row[: row.index(eos)] if eos in row else row for row in rows]
+
+
+@pytest.mark.parametrize("kind", ["lstm", "transformer"])
+@pytest.mark.parametrize("config", [GenerationConfig("greedy", max_length=15),
+                                    GenerationConfig("sample", max_length=15),
+                                    GenerationConfig("sample", top_k=4, temperature=0.7, max_length=15)],
+                         ids=["greedy", "sample", "top-k"])
+def test_finished_rows_leave_the_batch_without_changing_a_token(kind, config):
+    """Finished sentences leave the batch (the rest decode on fewer rows), and
+    the outputs are exactly those of the plain full-batch loop, sampled ones
+    included for the same seed: the noise is drawn for the whole batch."""
+    from textvae.config import ModelConfig
+    from textvae.nn import build_decoder
+
+    torch.manual_seed(0)
+    decoder = build_decoder(ModelConfig(decoder=kind, embed_dim=16, hidden_dim=16, latent_dim=4, num_heads=2),
+                            VOCAB + 20, 0).eval()
+    with torch.no_grad():  # an eos bias that gives sentences of many lengths
+        decoder.output.bias[EOS] += 1.5 if config.strategy == "sample" else {"lstm": 0.6, "transformer": 0.0}[kind]
+    z = torch.randn(24, 4, generator=torch.Generator().manual_seed(1))
+    seen = []
+    select = decoder.select_state
+    decoder.select_state = lambda state, index: seen.append(len(index)) or select(state, index)
+    ours = generate(decoder, z, 24, BOS, EOS, config, generator=torch.Generator().manual_seed(5))
+    reference = plain_decode(decoder, z, BOS, EOS, config, torch.Generator().manual_seed(5))
+    assert ours == reference
+    lengths = sorted(len(s) for s in ours)
+    assert lengths[0] < lengths[-1] and seen and min(seen) < 24  # the batch did shrink
+
+
 # ------------------------------------------------------------ operations
 def test_complete_keeps_the_prefix(tiny_model):
     for strategy in ("sample", "greedy", "beam"):

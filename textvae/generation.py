@@ -54,12 +54,22 @@ def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
     return logits
 
 
-def choose(logits: Tensor, config: GenerationConfig, generator: Optional[torch.Generator]) -> Tensor:
-    """Next token per row, logits (N, V) -> (N,)."""
+def choose(logits: Tensor, config: GenerationConfig, generator: Optional[torch.Generator],
+           rows: Optional[Tensor] = None, batch_size: int = 0) -> Tensor:
+    """Next token per row, logits (R, V) -> (R,).
+
+    Sampling is torch.multinomial's own method made explicit: argmax of p / q
+    with q ~ Exp(1) drawn for every cell (the exponential form of the Gumbel-max
+    trick). The noise is drawn for the whole batch of ``batch_size`` rows and
+    ``rows`` picks the live ones, so a batch whose finished rows have left
+    consumes the random stream exactly as the full batch does: the same seed
+    gives the same sentences.
+    """
     if config.strategy == "greedy":
         return logits.argmax(-1)
-    logits = filter_logits(logits.float() / config.temperature, config.top_k, config.top_p)
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
+    probs = filter_logits(logits.float() / config.temperature, config.top_k, config.top_p).softmax(-1)
+    noise = probs.new_empty(max(batch_size, len(probs)), probs.shape[-1]).exponential_(1, generator=generator)
+    return (probs / (noise if rows is None else noise[rows])).argmax(-1)
 
 
 def _next_logits(decoder: nn.Module, hidden: Tensor, forbidden: tuple[int, ...]) -> Tensor:
@@ -112,24 +122,30 @@ def generate(decoder: nn.Module, z: Optional[Tensor], batch_size: int, bos_id: i
     state = decoder.initial_state(z, batch_size)
     start = torch.cat([torch.full((batch_size, 1), bos_id, device=device), table[:, :common]], dim=1)
     hidden, state = decoder(start, state)  # the shared prefix in one call
-    logits = _next_logits(decoder, hidden, forbidden)  # (B, V)
-    steps = [table[:, i] for i in range(common)]
-    finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
+    logits = _next_logits(decoder, hidden, forbidden)  # (R, V) for the R live rows
+    out = torch.full((batch_size, max(config.max_length, common)), eos_id, dtype=torch.long, device=device)
+    out[:, :common] = table[:, :common]
+    live = torch.arange(batch_size, device=device)  # (R,) each live row's row in the batch
     for position in range(common, config.max_length):
-        forced = prefix_len > position
-        logits = _mask_first(logits, prefix_len, position, not_first)
-        token = choose(logits, config, generator)
-        if forced.any():
-            token = torch.where(forced, table[:, min(position, table.shape[1] - 1)], token)
-        token = torch.where(finished, torch.full_like(token, eos_id), token)
-        finished = finished | ((token == eos_id) & ~forced)
-        steps.append(token)
-        if bool(finished.all()):
-            break
+        live_prefix = prefix_len[live]
+        logits = _mask_first(logits, live_prefix, position, not_first)
+        token = choose(logits, config, generator, live, batch_size)  # (R,)
+        forced = live_prefix > position
+        if bool(forced.any()):
+            token = torch.where(forced, table[live, min(position, table.shape[1] - 1)], token)
+        out[live, position] = token
+        ended = (token == eos_id) & ~forced
+        if bool(ended.any()):
+            # A finished sentence leaves the batch: later steps decode only
+            # the live rows (its cells keep eos).
+            keep = (~ended).nonzero().squeeze(1)
+            if len(keep) == 0:
+                break
+            live, token = live[keep], token[keep]
+            state = decoder.select_state(state, keep)
         hidden, state = decoder(token.unsqueeze(1), state)
         logits = _next_logits(decoder, hidden, forbidden)
-    out = torch.stack(steps, 1).tolist() if steps else [[] for _ in range(batch_size)]
-    return [_until_eos(row, eos_id, len(prefixes[i])) for i, row in enumerate(out)]
+    return [_until_eos(row, eos_id, len(prefixes[i])) for i, row in enumerate(out.tolist())]
 
 
 def _until_eos(tokens: list[int], eos_id: int, keep: int) -> list[int]:
