@@ -8,7 +8,12 @@ generation sentences/s and peak memory; in the same process it runs a
 (B, T, V) logits — and prints the ratio, since only a ratio measured side by
 side means anything on a shared machine.
 
-    python scripts/benchmark.py --data ../shared/data/ptb [--steps 60] [--cases lstm,transformer]
+    python scripts/benchmark.py --data ../shared/data/ptb [--steps 60] [--cases lstm,transformer,contention]
+
+The ``contention`` case trains the PTB LSTM in child processes (torch's
+default threads), idle and beside a busy single-threaded process, under
+torch's own OpenMP settings and under textvae's (``textvae/openmp.py``),
+in alternating rounds, and prints each one's busy/idle throughput ratio.
 """
 
 from __future__ import annotations
@@ -18,10 +23,12 @@ import dataclasses
 import json
 import os
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
 
+import textvae  # noqa: F401  (first: its OpenMP defaults must be set before torch loads)
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,6 +38,7 @@ from textvae.data import TextBatches, collate, load_splits
 from textvae.evaluation.likelihood import importance_weighted_log_likelihood
 from textvae.generation import GenerationConfig, generate
 from textvae.model import TextVAE
+from textvae.nn.output import CHUNK_LOGITS
 from textvae.objectives import elbo_loss
 from textvae.runtime import autocast_context
 from textvae.tokenization import build_tokenizer
@@ -100,22 +108,20 @@ def time_interleaved(runners: dict, batches: dict, warmup: int, rounds: int) -> 
     return {name: tokens[name] / spent[name] for name in runners}
 
 
-def bench_case(name: str, overrides: list[str], splits, tokenizer, args) -> None:
-    config = build_config(args.config_for[name], overrides)
+def textvae_training(preset: str, overrides: list[str], splits, tokenizer, steps: int):
+    """The model, its first ``steps`` bucketed batches as (batch, tokens) and
+    its training step: bf16 autocast where native, masked output projection,
+    the trainer's optimiser construction (fused kernels); Adam at 1e-3,
+    whatever the preset says, so that it does the baseline's update."""
+    config = build_config(preset, overrides)
     torch.manual_seed(0)
     model = TextVAE(config, tokenizer)
     train = TextBatches(splits["train"], tokenizer, config.train.batch_size, seed=0)
-    device = torch.device("cpu")
-    steps = args.steps + args.warmup
     order = train.sampler.batches(0)[:steps]
-    ours = [(collate([train.split.ids[i] for i in b], b, tokenizer), sum(len(train.split.ids[i]) + 1 for i in b))
-            for b in order]
-
-    # textvae: bucketed batches, bf16 autocast, masked output projection, and
-    # the trainer's optimiser construction (fused kernels); Adam at 1e-3 on
-    # both sides, whatever the preset says, so that both do the same update.
+    batches = [(collate([train.split.ids[i] for i in b], b, tokenizer), sum(len(train.split.ids[i]) + 1 for i in b))
+               for b in order]
     optimizer = build_optimizer(model, dataclasses.replace(config.train, optimizer="adam", lr=1e-3))
-    autocast = autocast_context(device, "bf16")
+    autocast = autocast_context(torch.device("cpu"), "bf16")
 
     def step(batch):
         with autocast():
@@ -125,6 +131,32 @@ def bench_case(name: str, overrides: list[str], splits, tokenizer, args) -> None
         optimizer.step()
 
     model.train()
+    return config, model, train, batches, step
+
+
+def projection_peak(output: nn.Module, autocast, seconds: float = 1.0) -> float:
+    """FLOP/s of the output projection alone on one chunk of the evaluation's
+    shape (CHUNK_LOGITS logits: rows x hidden -> rows x vocabulary) under
+    ``autocast``: the best of repeated timings."""
+    vocab, hidden = output.weight.shape
+    rows = max(16, CHUNK_LOGITS // vocab)
+    x = torch.randn(rows, hidden)
+    best, spent = float("inf"), 0.0
+    with torch.no_grad(), autocast():
+        output(x)
+        while spent < seconds:
+            start = time.perf_counter()
+            output(x)
+            took = time.perf_counter() - start
+            best, spent = min(best, took), spent + took
+    return 2 * rows * hidden * vocab / best
+
+
+def bench_case(name: str, overrides: list[str], splits, tokenizer, args) -> None:
+    config, model, train, ours, step = textvae_training(args.config_for[name], overrides, splits, tokenizer,
+                                                        args.steps + args.warmup)
+    steps = args.steps + args.warmup
+    device = torch.device("cpu")
     runners, batches = {"textvae": step}, {"textvae": ours}
     if name == "lstm":  # the plain baseline exists for the PTB-protocol LSTM
         torch.manual_seed(0)
@@ -151,10 +183,14 @@ def bench_case(name: str, overrides: list[str], splits, tokenizer, args) -> None
         result.update(baseline_train_tokens_per_s=round(speed["baseline"]),
                       train_speedup=round(speed["textvae"] / speed["baseline"], 2))
 
-    # IW-NLL evaluation, sentences/s (bf16 vs fp32 of the same code).
+    # IW-NLL evaluation, sentences/s (bf16 vs fp32 of the same code), and its
+    # time over the roofline of its one unavoidable product: the output
+    # projection of every target token under every sample, at the peak that
+    # this machine's matrix product reaches for that shape in that precision.
     model.eval()
     test = TextBatches(splits["test"], tokenizer, 32, shuffle=False)
     batches = list(test.iterate())[: args.eval_batches]
+    targets = sum(int(batch.lengths.sum()) - len(batch) for batch in batches)  # bos not predicted
     for precision in ("bf16", "fp32"):
         ctx = autocast_context(device, precision)
         start, count = time.perf_counter(), 0
@@ -163,7 +199,12 @@ def bench_case(name: str, overrides: list[str], splits, tokenizer, args) -> None
                 with ctx():
                     importance_weighted_log_likelihood(model, batch, args.iw_samples, 50)
                 count += len(batch)
-        result[f"iw_nll_sentences_per_s_{precision}"] = round(count / (time.perf_counter() - start), 2)
+        seconds = time.perf_counter() - start
+        result[f"iw_nll_sentences_per_s_{precision}"] = round(count / seconds, 2)
+        peak = projection_peak(model.decoder.output, ctx)
+        bound = 2 * model.decoder.output.weight.numel() * targets * args.iw_samples / peak
+        result[f"iw_nll_over_roofline_{precision}"] = round(seconds / bound, 2)
+        result[f"projection_peak_gflops_{precision}"] = round(peak / 1e9, 1)
     result["iw_speedup"] = round(result["iw_nll_sentences_per_s_bf16"] / result["iw_nll_sentences_per_s_fp32"], 2)
     # Generation (prior samples, sampling, batch 64).
     for precision in ("bf16", "fp32"):
@@ -180,6 +221,47 @@ def bench_case(name: str, overrides: list[str], splits, tokenizer, args) -> None
     print(json.dumps(result), flush=True)
 
 
+def contention_worker(args, splits, tokenizer) -> None:
+    """(Child process) PTB LSTM training tokens/s with torch's default threads."""
+    *_, batches, step = textvae_training("ptb-lstm", [], splits, tokenizer, args.steps + args.warmup)
+    print(json.dumps({"train_tokens_per_s": time_interleaved({"w": step}, {"w": batches}, args.warmup, 1)["w"],
+                      "threads": torch.get_num_threads(),
+                      "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)")}), flush=True)
+
+
+def bench_contention(args) -> None:
+    """Training idle and beside a busy single-threaded process, under torch's
+    OpenMP settings and textvae's, in alternating rounds (children started
+    with and without ``TEXTVAE_OPENMP_DEFAULTS=0``)."""
+    settings = {"torch": {"TEXTVAE_OPENMP_DEFAULTS": "0"}, "textvae": {}}
+    speeds = {(name, beside): [] for name in settings for beside in ("idle", "busy")}
+    policy = {}
+    for _ in range(args.rounds):
+        for name, extra in settings.items():
+            env = {k: v for k, v in os.environ.items() if k not in textvae.openmp.DEFAULTS} | extra
+            for beside in ("idle", "busy"):
+                neighbour = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if beside == "busy" else None
+                try:
+                    out = subprocess.run([sys.executable, __file__, "--worker", "--data", args.data, "--steps",
+                                          str(args.steps), "--warmup", str(args.warmup)],
+                                         env=env, capture_output=True, text=True, check=True).stdout
+                finally:
+                    if neighbour:
+                        neighbour.kill()
+                        neighbour.wait()
+                record = json.loads(out.strip().splitlines()[-1])
+                speeds[name, beside].append(record["train_tokens_per_s"])
+                policy[name] = record["omp_wait_policy"]
+    result = {"case": "contention", "rounds": args.rounds, "cpus": os.cpu_count()}
+    for name in settings:
+        idle, busy = (sum(speeds[name, b]) / len(speeds[name, b]) for b in ("idle", "busy"))
+        result[name] = {"omp_wait_policy": policy[name], "idle_tokens_per_s": round(idle),
+                        "busy_tokens_per_s": round(busy), "busy_over_idle": round(busy / idle, 3)}
+    result["idle_textvae_over_torch"] = round(result["textvae"]["idle_tokens_per_s"]
+                                              / result["torch"]["idle_tokens_per_s"], 3)
+    print(json.dumps(result), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=os.environ.get("TEXTVAE_DATA", "../shared/data") + "/ptb")
@@ -190,17 +272,25 @@ def main() -> None:
     parser.add_argument("--iw-samples", type=int, default=100)
     parser.add_argument("--cases", default="lstm,transformer")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a contention child
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if not Path(args.data).exists():
         sys.exit(f"benchmark: error: no data at {args.data} (pass --data or set TEXTVAE_DATA)")
     args.config_for = {"lstm": "ptb-lstm", "transformer": "transformer-small"}
-    base = build_config("ptb-lstm")
-    tokenizer = build_tokenizer(base.tokenizer, open(Path(args.data) / "ptb.train.txt").read().splitlines())
-    splits = load_splits(args.data, tokenizer, ["train", "test"], base.data.max_length)
-    for name in args.cases.split(","):
-        bench_case(name, [], splits, tokenizer, args)
+    cases = args.cases.split(",")
+    if cases != ["contention"] or args.worker:
+        base = build_config("ptb-lstm")
+        tokenizer = build_tokenizer(base.tokenizer, open(Path(args.data) / "ptb.train.txt").read().splitlines())
+        splits = load_splits(args.data, tokenizer, ["train", "test"], base.data.max_length)
+    if args.worker:
+        return contention_worker(args, splits, tokenizer)
+    for name in cases:
+        if name == "contention":
+            bench_contention(args)
+        else:
+            bench_case(name, [], splits, tokenizer, args)
 
 
 if __name__ == "__main__":
