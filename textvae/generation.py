@@ -3,7 +3,9 @@
 A decoder offers ``initial_state(z, B)``, ``forward(inputs, state) ->
 (hidden, state)``, ``output`` (hidden -> logits) and ``select_state(state,
 index)``. The state is the cache (LSTM (h, c); Transformer keys and values),
-so each new token costs one decoder step over one position.
+so each new token costs one decoder step over one position, and a sentence
+that has ended leaves the batch (``select_state`` keeps the live rows), so
+the work follows the sentences' own lengths, not the longest one's.
 
 Strategies: greedy, sampling (temperature, top-k, top-p) and beam search
 (width, length normalisation). Optional per-row prefixes are forced before
