@@ -6,10 +6,6 @@ without importing torch before it can handle Ctrl-C.
 
 import importlib
 
-from .openmp import apply_defaults
-
-apply_defaults()  # before anything imports torch: see openmp.py
-
 __all__ = ["Config", "TextVAE", "TextVAEError", "Tokenizer"]
 __version__ = "0.1.0"
 _MODULES = {"Config": ".config", "TextVAE": ".model", "TextVAEError": ".errors", "Tokenizer": ".tokenization"}
