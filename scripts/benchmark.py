@@ -153,9 +153,8 @@ def projection_peak(output: nn.Module, autocast, seconds: float = 1.0) -> float:
 
 
 def bench_case(name: str, overrides: list[str], splits, tokenizer, args) -> None:
-    config, model, train, ours, step = textvae_training(args.config_for[name], overrides, splits, tokenizer,
-                                                        args.steps + args.warmup)
     steps = args.steps + args.warmup
+    config, model, train, ours, step = textvae_training(args.config_for[name], overrides, splits, tokenizer, steps)
     device = torch.device("cpu")
     runners, batches = {"textvae": step}, {"textvae": ours}
     if name == "lstm":  # the plain baseline exists for the PTB-protocol LSTM
