@@ -10,11 +10,11 @@ side means anything on a shared machine.
 
     python scripts/benchmark.py --data ../shared/data/ptb [--steps 60] [--cases lstm,transformer,contention]
 
-The ``contention`` case trains the PTB LSTM in child processes (torch's
-default threads), idle and beside a busy single-threaded process, under
-libgomp's default wait policy (spin, then sleep) and under
-``OMP_WAIT_POLICY=PASSIVE`` (sleep at once), in alternating rounds, and
-prints each one's busy/idle throughput ratio.
+The ``contention`` case trains the PTB LSTM in child processes, idle and
+beside a busy single-threaded process, in alternating rounds, with torch's
+default (fixed) thread count and with textvae's default (``train.num_threads=0``:
+``textvae.threads.ThreadGovernor`` re-chooses the count from the other
+processes' load), and prints each one's busy/idle throughput ratio.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from textvae.model import TextVAE
 from textvae.nn.output import CHUNK_LOGITS
 from textvae.objectives import elbo_loss
 from textvae.runtime import autocast_context
+from textvae.threads import ThreadGovernor
 from textvae.tokenization import build_tokenizer
 from textvae.training.optim import build_optimizer
 
@@ -221,28 +222,36 @@ def bench_case(name: str, overrides: list[str], splits, tokenizer, args) -> None
 
 
 def contention_worker(args, splits, tokenizer) -> None:
-    """(Child process) PTB LSTM training tokens/s with torch's default threads."""
+    """(Child process) PTB LSTM training tokens/s with torch's default thread
+    count, or (``--governed``) with the trainer's thread governor ticking
+    after every step as in ``Trainer``."""
     *_, batches, step = textvae_training("ptb-lstm", [], splits, tokenizer, args.steps + args.warmup)
-    print(json.dumps({"train_tokens_per_s": time_interleaved({"w": step}, {"w": batches}, args.warmup, 1)["w"],
-                      "threads": torch.get_num_threads(),
-                      "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)")}), flush=True)
+    governor = ThreadGovernor() if args.governed else None
+    timed = step
+    if governor:
+        def timed(batch):
+            step(batch)
+            governor.tick()
+    speed = time_interleaved({"w": timed}, {"w": batches}, args.warmup, 1)["w"]
+    print(json.dumps({"train_tokens_per_s": speed, "threads": torch.get_num_threads(),
+                      "others": governor.others if governor else None}), flush=True)
 
 
 def bench_contention(args) -> None:
-    """Training idle and beside a busy single-threaded process, under each
-    OpenMP wait policy (read by libgomp when torch loads, so set in the
-    children's environment), in alternating rounds."""
-    settings = {"default": {}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"}}
+    """Training idle and beside a busy single-threaded process, with a fixed
+    thread count and governed, in alternating rounds (children in libgomp's
+    default environment)."""
+    settings = {"fixed": [], "governed": ["--governed"]}
     speeds = {(name, beside): [] for name in settings for beside in ("idle", "busy")}
-    policy = {}
+    threads = {}
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")}
     for _ in range(args.rounds):
         for name, extra in settings.items():
-            env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")} | extra
             for beside in ("idle", "busy"):
                 neighbour = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if beside == "busy" else None
                 try:
                     out = subprocess.run([sys.executable, __file__, "--worker", "--data", args.data, "--steps",
-                                          str(args.steps), "--warmup", str(args.warmup)],
+                                          str(args.steps), "--warmup", str(args.warmup), *extra],
                                          env=env, capture_output=True, text=True, check=True).stdout
                 finally:
                     if neighbour:
@@ -250,14 +259,15 @@ def bench_contention(args) -> None:
                         neighbour.wait()
                 record = json.loads(out.strip().splitlines()[-1])
                 speeds[name, beside].append(record["train_tokens_per_s"])
-                policy[name] = record["omp_wait_policy"]
+                threads[name, beside] = record["threads"]
     result = {"case": "contention", "rounds": args.rounds, "cpus": os.cpu_count()}
     for name in settings:
         idle, busy = (sum(speeds[name, b]) / len(speeds[name, b]) for b in ("idle", "busy"))
-        result[name] = {"omp_wait_policy": policy[name], "idle_tokens_per_s": round(idle),
-                        "busy_tokens_per_s": round(busy), "busy_over_idle": round(busy / idle, 3)}
-    result["idle_passive_over_default"] = round(result["passive"]["idle_tokens_per_s"]
-                                                / result["default"]["idle_tokens_per_s"], 3)
+        result[name] = {"idle_tokens_per_s": round(idle), "busy_tokens_per_s": round(busy),
+                        "busy_over_idle": round(busy / idle, 3),
+                        "threads_at_end": {b: threads[name, b] for b in ("idle", "busy")}}
+    result["idle_governed_over_fixed"] = round(result["governed"]["idle_tokens_per_s"]
+                                               / result["fixed"]["idle_tokens_per_s"], 3)
     print(json.dumps(result), flush=True)
 
 
@@ -272,6 +282,7 @@ def main() -> None:
     parser.add_argument("--cases", default="lstm,transformer")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a contention child
+    parser.add_argument("--governed", action="store_true", help=argparse.SUPPRESS)  # ... with the governor
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

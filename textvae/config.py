@@ -172,7 +172,7 @@ class TrainConfig:
     log_every: int = 20  # steps between training log lines (each the mean over those steps)
     precision: str = "fp32"  # fp32 or bf16 (autocast)
     device: str = "auto"  # auto, cpu, cuda, cuda:N
-    num_threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    num_threads: int = 0  # torch intra-op threads; 0: one per core other processes leave free (threads.py)
     # Aggressive inference-network training (He et al. 2019)
     aggressive: bool = False
     aggressive_max_inner: int = 100

@@ -15,6 +15,7 @@ from .data import TextBatch
 from .errors import TextVAEError
 from .generation import GenerationConfig, generate
 from .latent import DiagonalGaussian
+from .threads import tick
 
 log = logging.getLogger("textvae")
 
@@ -59,6 +60,7 @@ def sample_stream(model, n: int, seed: Optional[int] = None, chunk: int = SAMPLE
     reproducible from ``seed`` (and the first chunk's is ``sample``'s)."""
     generator = _generator(model, seed)
     for start in range(0, n, chunk):
+        tick()
         yield sample(model, min(chunk, n - start), generator=generator, **options)
 
 

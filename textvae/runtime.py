@@ -1,6 +1,6 @@
 """Where and how computations run: device resolution and description, bf16 autocast.
 
-At the bottom of the package (it imports only ``errors``), so that the
+At the bottom of the package (it imports only ``errors`` and ``threads``), so that the
 models, the evaluation, the trainer and the commands share one answer. Modules
 never pick a device themselves; the trainer and the commands call
 ``resolve_device`` with the user's setting.
@@ -15,6 +15,7 @@ from functools import partial
 import torch
 
 from .errors import TextVAEError
+from .threads import describe_threads
 
 log = logging.getLogger("textvae")
 
@@ -33,8 +34,7 @@ def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         index = torch.cuda.current_device() if device.index is None else device.index
         return f"cuda:{index}, {torch.cuda.get_device_name(index)}"
-    threads = torch.get_num_threads()
-    return f"{device}, {threads} thread{'s' if threads != 1 else ''}"
+    return f"{device}, {describe_threads()}"
 
 
 def native_bf16(device: torch.device) -> bool:

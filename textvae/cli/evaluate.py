@@ -48,12 +48,14 @@ def _eval(args: argparse.Namespace) -> None:
     from ..evaluation.text_eval import EvalSettings, evaluate_text, format_table
     from ..model import TextVAE
     from ..runtime import describe_device, resolve_device
+    from ..threads import govern
 
     if args.iw_samples < 1 or args.iw_chunk < 1 or args.batch_size < 1 or args.samples < 1:
         raise TextVAEError("--iw-samples, --iw-chunk, --batch-size and --samples must be >= 1")
     if args.json:
         check_output_file(Path(args.json))  # before the evaluation, not after it
     device = resolve_device(args.device)
+    govern(0, device)  # one thread per core the other processes leave free (threads.py)
     model = TextVAE.from_pretrained(args.run, device=device)
     texts = read_texts(args.data, [args.split], model.config.data.text_column)
     if args.split not in texts:

@@ -12,6 +12,7 @@ import sys
 from ..errors import TextVAEError
 from ..model import TextVAE
 from ..runtime import resolve_device
+from ..threads import govern
 from .args import finite, require, seed
 
 MAX_BEAM = 64  # beams a sentence: memory grows with their number
@@ -70,7 +71,9 @@ def register(commands) -> None:
 
 
 def _load(args: argparse.Namespace) -> TextVAE:
-    return TextVAE.from_pretrained(args.run, device=resolve_device(args.device))
+    device = resolve_device(args.device)
+    govern(0, device)  # one thread per core the other processes leave free (threads.py)
+    return TextVAE.from_pretrained(args.run, device=device)
 
 
 def _options(args: argparse.Namespace) -> dict:

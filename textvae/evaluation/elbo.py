@@ -7,6 +7,7 @@ from typing import Iterable, Optional
 
 import torch
 
+from ..threads import tick
 from .latent_stats import active_units, mutual_information
 
 
@@ -25,6 +26,7 @@ def evaluate_elbo(model, batches: Iterable, device: torch.device, autocast=conte
     examples = units = 0
     means, logvars = [], []
     for batch in batches:
+        tick()
         batch = batch.to(device)
         with autocast():
             out = model(batch, generator=generator)

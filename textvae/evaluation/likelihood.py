@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from ..latent import standard_normal_log_prob
+from ..threads import tick
 
 
 @torch.no_grad()
@@ -59,6 +60,7 @@ def importance_weighted_nll(model, batches: Iterable, num_samples: int, device: 
     generator = torch.Generator(device=device).manual_seed(seed)
     pieces = []
     for batch in batches:
+        tick()
         batch = batch.to(device)
         with autocast():
             if not model.has_latent:

@@ -28,6 +28,7 @@ import torch
 from ..data import TextBatches, TextSplit
 from ..operations import reconstruct_batch
 from ..runtime import autocast_context
+from ..threads import tick
 from .elbo import evaluate_elbo
 from .likelihood import importance_weighted_nll
 from .results import likelihood_figures
@@ -57,6 +58,7 @@ def reconstructions(model, data: TextBatches, device: torch.device) -> list[str]
     """Greedy decodings from the posterior means, in the split's order."""
     out: list[str] = [""] * len(data)
     for batch in data.iterate():
+        tick()
         for text, index in zip(reconstruct_batch(model, batch.to(device)), batch.index.tolist()):
             out[index] = text
     return out

@@ -30,6 +30,7 @@ from ..evaluation.elbo import evaluate_elbo
 from ..objectives import elbo_loss, kl_weight, selection_loss
 from ..run_folder import WEIGHTS_FILE, append_metrics, find_checkpoint, save_weights, truncate_metrics
 from ..runtime import autocast_context, resolve_device
+from .. import threads
 from . import distributed
 from .aggressive import AggressivePhase
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -51,8 +52,8 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.command = command  # what continues the run, for the interrupt message
         self.device = resolve_device(train_config.device)
-        if train_config.num_threads:
-            torch.set_num_threads(train_config.num_threads)
+        # train.num_threads, or (0) one thread per core the other processes leave free
+        self.threads = threads.govern(train_config.num_threads, self.device)
         self.model = model.to(self.device)
         self.network = distributed.wrap(self.model, self.device)  # DDP when launched with torchrun
         self.is_main = distributed.rank() == 0
@@ -126,6 +127,7 @@ class Trainer:
             logs = self.step_fn(batch.to(self.device), beta)
             state.step += 1
             state.batch += 1
+            threads.tick()
             for key, value in logs.items():
                 state.log_sums[key] = state.log_sums.get(key, 0.0) + value
             state.log_steps += 1
