@@ -1,5 +1,6 @@
-"""Shared tiny fixtures: a 60-sentence corpus, a tiny config and model, and an
-in-process runner for the ``textvae`` command.
+"""Shared tiny fixtures: a 60-sentence corpus, a tiny config and model, an
+in-process runner for the ``textvae`` command, and a check that a folder
+holds no half-written ``.tmp`` file.
 
 Everything runs offline: the Hugging Face environment variables are set before
 any of its libraries is imported, so an unknown hub name fails at once.
@@ -140,6 +141,10 @@ TINY_FLAGS = [
     "--set", "train.batch_size=8", "--set", "train.eval_batch_size=16", "--set", "train.lr=0.01",
     "--set", "train.device=cpu", "--set", "train.log_every=1",
 ]
+
+
+def no_tmp_left(folder: Path) -> bool:
+    return not [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
 
 
 @pytest.fixture(scope="session")

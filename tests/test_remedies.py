@@ -1,12 +1,14 @@
 """Each posterior-collapse remedy changes what it claims on a tiny model:
-free bits, BN-VAE, delta-VAE, aggressive training, autoencoder pretraining,
-the collapse monitor, and the KL schedule as the trainer applies it.
+free bits, BN-VAE and delta-VAE, and the KL schedule as the trainer applies
+it; trained with the defaults, a model keeps its latent in use where a plain
+VAE collapses. The helpers here (``make_trainer``, ``train_records``) serve
+the remedies' other files too: aggressive training, autoencoder pretraining
+and the collapse monitor.
 
 (The schedules' shapes and free_bits_kl on hand-made numbers are in
 test_latent_objectives.py; here they go through the model and the trainer.)
 """
 
-import copy
 import json
 
 import pytest
@@ -16,7 +18,6 @@ from textvae.config import ObjectiveConfig
 from textvae.data import TextBatches, collate, tokenize_split
 from textvae.model import TextVAE
 from textvae.objectives import VAEOutput, elbo_loss
-from textvae.training import aggressive
 from textvae.training.trainer import Trainer
 
 from conftest import TRAIN, VALID, tiny_config
@@ -57,18 +58,6 @@ def random_batch(tokenizer, size: int = 16, seed: int = 0):
     ids = [words[torch.randint(len(words), (int(n),), generator=g)].tolist()
            for n in torch.randint(1, 11, (size,), generator=g)]
     return collate(ids, range(size), tokenizer)
-
-
-def snapshot(params) -> list[torch.Tensor]:
-    return [p.detach().clone() for p in params]
-
-
-def unchanged(params, before) -> bool:
-    return all(torch.equal(p, b) for p, b in zip(params, before))
-
-
-def all_changed(params, before) -> bool:
-    return all(not torch.equal(p, b) for p, b in zip(params, before))
 
 
 # ------------------------------------------------------------ free bits
@@ -198,194 +187,6 @@ def test_delta_vae_keeps_every_dimension_above_delta(word_tokenizer):
         model.posterior_head.proj.bias.fill_(50.0)  # mean far out, variance at its upper end
         model.posterior_head.proj.bias[:4] = 0.0  # mean 0: the KL is exactly the committed rate
         assert model(batch).kl_per_dim == pytest.approx(torch.full((16, 4), delta), abs=1e-4)
-
-
-# ------------------------------------------------------ aggressive training
-def test_aggressive_training_runs_encoder_only_inner_loops(word_tokenizer, tmp_path, monkeypatch):
-    monkeypatch.setattr(aggressive, "CHECK_EVERY", 2)
-    trainer = make_trainer(word_tokenizer, tmp_path / "run", max_steps=4, epochs=10, aggressive=True,
-                           aggressive_max_inner=10)
-    state = trainer.fit()
-    inner = [r["inner_steps"] for r in train_records(tmp_path / "run")]
-    assert len(inner) == 4 and state.aggressive.inner_steps == sum(inner) > 0
-    # Each outer step: at least two windows of CHECK_EVERY steps (the first
-    # always improves on nothing), whole windows only, at most the maximum.
-    assert all(4 <= n <= 10 and (n % 2 == 0 or n == 10) for n in inner), inner
-    assert min(inner) < 10  # some inner loop stopped when its loss stopped falling
-    assert state.aggressive.active  # no validation yet: the phase goes on
-
-
-@pytest.fixture
-def aggressive_trainer(word_tokenizer, tmp_path):
-    return make_trainer(word_tokenizer, tmp_path / "run", aggressive=True, aggressive_max_inner=3)
-
-
-@pytest.mark.parametrize("losses, expected", [
-    ([5, 5, 4, 4, 3, 3, 3.5, 3.5, 1, 1, 1, 1], 8),  # the fourth window's mean rose: stop after it
-    ([5, 5, 4, 4, 4, 4, 1, 1], 6),  # a flat window also stops
-    ([9, 8, 7, 6, 5, 4, 3, 2, 1, 0, -1, -2, -3], 10),  # always falling: the maximum
-])
-def test_inner_loop_stops_when_the_loss_stops_falling(aggressive_trainer, monkeypatch, losses, expected):
-    monkeypatch.setattr(aggressive, "CHECK_EVERY", 2)
-    aggressive_trainer.config.aggressive_max_inner = 10
-    steps = aggressive_trainer.aggressive
-    scripted = iter(losses)
-    monkeypatch.setattr(steps, "_next_batch", lambda: None)
-    monkeypatch.setattr(aggressive_trainer, "train_step", lambda batch, beta, frozen=(): {"loss": next(scripted)})
-    assert steps.update_encoder(1.0) == expected
-
-
-def test_aggressive_updates_touch_only_their_own_parameters(aggressive_trainer):
-    steps = aggressive_trainer.aggressive
-    assert steps.decoder_params and steps.encoder_params
-    names = {id(p): n for n, p in aggressive_trainer.model.named_parameters()}
-    assert all(names[id(p)].startswith("decoder.") for p in steps.decoder_params)
-    assert any(names[id(p)].startswith("posterior_head.") for p in steps.encoder_params)
-
-    encoder, decoder = snapshot(steps.encoder_params), snapshot(steps.decoder_params)
-    assert steps.update_encoder(1.0) == 3  # CHECK_EVERY = 15 > max: runs to the maximum
-    assert unchanged(steps.decoder_params, decoder)
-    assert all_changed(steps.encoder_params, encoder)
-
-    encoder, decoder = snapshot(steps.encoder_params), snapshot(steps.decoder_params)
-    batch = next(aggressive_trainer.train_data.iterate(0))
-    aggressive_trainer.train_step(batch, 1.0, frozen=steps.encoder_params)  # the outer decoder step
-    assert unchanged(steps.encoder_params, encoder)
-    assert all_changed([p for p in steps.decoder_params if p.grad is not None],
-                       [d for p, d in zip(steps.decoder_params, decoder) if p.grad is not None])
-
-
-def test_aggressive_phase_ends_when_validation_mi_falls(aggressive_trainer):
-    trainer, steps = aggressive_trainer, aggressive_trainer.aggressive
-    for mi in (0.5, 0.7, 0.7):
-        steps.after_validation({"mi": mi})
-        assert trainer.state.aggressive.active
-    steps.after_validation({"elbo": -10.0})  # no MI (a language model): no decision
-    assert trainer.state.aggressive.active
-    steps.after_validation({"mi": 0.6})
-    assert not trainer.state.aggressive.active
-    before = trainer.state.aggressive.inner_steps
-    logs = steps.step(next(trainer.train_data.iterate(0)), 1.0)  # now a plain joint step
-    assert "inner_steps" not in logs and trainer.state.aggressive.inner_steps == before
-
-
-def test_aggressive_phase_validates_at_its_own_cadence(word_tokenizer, tmp_path, monkeypatch):
-    """Validation every aggressive_eval_every steps while the phase lasts, then
-    once an epoch (eval_every=0): 50 sentences in batches of 8 are 7 steps an epoch."""
-    monkeypatch.setattr(aggressive, "CHECK_EVERY", 1)
-    trainer = make_trainer(word_tokenizer, tmp_path / "run", epochs=3, aggressive=True, aggressive_max_inner=2,
-                           aggressive_eval_every=2)
-    mis = iter([0.5, 0.7, 0.6, 0.9, 0.9, 0.9])  # the third validation ends the phase
-    monkeypatch.setattr(trainer, "evaluate", lambda: {"elbo": -50.0, "rec": 45.0, "kl": 5.0, "au": 4,
-                                                         "au_variances": [1.0] * 4, "mi": next(mis)})
-    trainer.fit()
-    valid_steps = [r["step"] for r in train_records(tmp_path / "run", "valid")]
-    assert valid_steps == [2, 4, 6, 7, 14, 21]
-    assert not trainer.state.aggressive.active
-
-
-def test_aggressive_phase_ends_at_its_step_cap(word_tokenizer, tmp_path, monkeypatch):
-    monkeypatch.setattr(aggressive, "CHECK_EVERY", 1)
-    trainer = make_trainer(word_tokenizer, tmp_path / "run", max_steps=6, epochs=10, aggressive=True,
-                           aggressive_max_inner=2, aggressive_max_steps=3)
-    state = trainer.fit()
-    assert not state.aggressive.active
-    assert [r.get("inner_steps") for r in train_records(tmp_path / "run")] == [2, 2, 2, None, None, None]
-
-
-# --------------------------------------------------- autoencoder pretraining
-def test_ae_pretraining_then_fresh_decoder_and_kept_encoder(word_tokenizer, tmp_path):
-    trainer = make_trainer(word_tokenizer, tmp_path / "run", objective={"kl_schedule": "linear", "kl_warmup_steps": 4},
-                           epochs=2, ae_pretrain_epochs=1)
-    model, first_optimizer = trainer.model, trainer.optimizer
-    encoder = [p for n, p in model.named_parameters() if not n.startswith("decoder.")]
-    decoder = list(model.decoder.parameters())
-    resets = []
-    original = model.reset_decoder
-
-    def reset_and_record():
-        before = (snapshot(encoder), snapshot(decoder))
-        original()
-        resets.append((copy.deepcopy(trainer.state), before, (snapshot(encoder), snapshot(decoder))))
-
-    model.reset_decoder = reset_and_record
-    trainer.fit()
-    per_epoch = trainer.steps_per_epoch
-
-    assert len(resets) == 1
-    state, (encoder_before, decoder_before), (encoder_after, decoder_after) = resets[0]
-    assert (state.epoch, state.batch, state.step) == (1, 0, per_epoch)
-    assert all(not torch.equal(a, b) for a, b in zip(decoder_after, decoder_before))  # re-initialised ...
-    assert all(torch.equal(a, b) for a, b in zip(encoder_after, encoder_before))  # ... the encoder kept
-    assert trainer.optimizer is not first_optimizer  # fresh Adam state for the VAE phase
-    weights = {r["step"]: r["kl_weight"] for r in train_records(tmp_path / "run")}
-    assert [weights[s] for s in range(1, per_epoch + 1)] == [0.0] * per_epoch  # epoch 1: no KL term
-    # Epoch 2: the schedule starts from its beginning (linear over 4 steps).
-    assert [weights[per_epoch + 1 + i] for i in range(per_epoch)] == \
-        pytest.approx([min(1.0, i / 4) for i in range(per_epoch)])
-    assert trainer.state.phase_start == per_epoch
-
-
-# ------------------------------------------------------- collapse monitor
-COLLAPSED = [{"kl": 0.01, "au": 0}, {"kl": 0.05, "au": 2}, {"kl": 3.0, "au": 0}]
-HEALTHY = {"kl": 5.0, "au": 4}
-
-
-def collapse_warnings(capsys) -> list[str]:
-    return [line for line in capsys.readouterr().err.splitlines() if "posterior collapse" in line]
-
-
-@pytest.mark.parametrize("collapsed", COLLAPSED, ids=["kl-and-au", "kl", "au"])
-def test_collapse_warning_after_two_collapsed_evaluations_and_only_once(word_tokenizer, tmp_path, capsys, collapsed):
-    trainer = make_trainer(word_tokenizer, tmp_path / "run")
-    capsys.readouterr()
-    for result in (HEALTHY, HEALTHY, collapsed, HEALTHY, collapsed):  # never two in a row
-        trainer.collapse_monitor.after_validation(result)
-    assert collapse_warnings(capsys) == []
-    trainer.collapse_monitor.after_validation(collapsed)  # the second in a row
-    warnings = collapse_warnings(capsys)
-    assert len(warnings) == 1
-    assert warnings[0].startswith("textvae: warning: posterior collapse at step 0: ")
-    assert f"KL {collapsed['kl']:.3f} nats per example, {collapsed['au']} active units" in warnings[0]
-    assert "model.bn_vae_gamma" in warnings[0] and "train.aggressive=true" in warnings[0]
-    for result in (collapsed, collapsed, HEALTHY, collapsed, collapsed):
-        trainer.collapse_monitor.after_validation(result)
-    assert collapse_warnings(capsys) == []  # only once per run
-
-
-def test_no_collapse_warning_for_a_healthy_model_or_during_ae_pretraining(word_tokenizer, tmp_path, capsys):
-    healthy = make_trainer(word_tokenizer, tmp_path / "a")
-    pretraining = make_trainer(word_tokenizer, tmp_path / "b", ae_pretrain_epochs=1)
-    capsys.readouterr()
-    for _ in range(5):
-        healthy.collapse_monitor.after_validation(HEALTHY)
-        pretraining.collapse_monitor.after_validation(COLLAPSED[0])  # the KL weight is 0: collapse is expected
-    assert collapse_warnings(capsys) == []
-
-
-def test_collapse_warning_suggests_only_remedies_not_in_use(word_tokenizer, tmp_path, capsys):
-    trainer = make_trainer(word_tokenizer, tmp_path / "run", model={"bn_vae_gamma": 0.5},
-                           objective={"free_bits": 0.5})
-    capsys.readouterr()
-    for _ in range(2):
-        trainer.collapse_monitor.after_validation(COLLAPSED[0])
-    (warning,) = collapse_warnings(capsys)
-    assert "train.aggressive=true" in warning and "model.word_dropout" in warning
-    assert "bn_vae_gamma" not in warning and "free_bits" not in warning
-
-
-def test_a_run_forced_to_collapse_warns_once(word_tokenizer, tmp_path, capsys):
-    def prior_encoder(model):  # q(z|x) = N(0, I) whatever x: KL 0, no active unit
-        for param in model.posterior_head.parameters():
-            param.data.zero_()
-            param.requires_grad_(False)
-
-    trainer = make_trainer(word_tokenizer, tmp_path / "run", prepare=prior_encoder, max_steps=6, epochs=10,
-                           eval_every=2)
-    capsys.readouterr()
-    trainer.fit()
-    warnings = collapse_warnings(capsys)
-    assert len(warnings) == 1 and "at step 4: KL 0.000 nats per example, 0 active units" in warnings[0]
 
 
 # -------------------------------------------------- the schedule in training
