@@ -52,8 +52,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.command = command  # what continues the run, for the interrupt message
         self.device = resolve_device(train_config.device)
-        # train.num_threads, or (0) one thread per core the other processes leave free
-        self.threads = threads.govern(train_config.num_threads, self.device)
+        self.threads = threads.govern(train_config.num_threads, self.device)  # fixed, or following the load
         self.model = model.to(self.device)
         self.network = distributed.wrap(self.model, self.device)  # DDP when launched with torchrun
         self.is_main = distributed.rank() == 0
@@ -125,9 +124,8 @@ class Trainer:
             self._apply_lr()
             distributed.seed_step(config.seed, state.step)
             logs = self.step_fn(batch.to(self.device), beta)
-            state.step += 1
-            state.batch += 1
-            threads.tick()
+            state.step, state.batch = state.step + 1, state.batch + 1
+            threads.tick()  # re-choose torch's threads from the machine's load (threads.py)
             for key, value in logs.items():
                 state.log_sums[key] = state.log_sums.get(key, 0.0) + value
             state.log_steps += 1
