@@ -105,8 +105,25 @@ NOTES = """\
   with KL 7.19, MI 3.86, 32/32 active units and BLEU 5.2: the latent stays
   in use, but free bits alone does not pay for itself in an hour (ae-fb,
   the same free bits after AE pretraining, is 6.7 nats lower).
-- Not run yet (each needs its hour): vae, anneal, aggressive. Their configs are in `configs/ptb/` and their
-  commands below.
+- Plain VAE (KL weight 1 from the start, no remedy): collapsed within the
+  first epoch (validation KL 0.16 nats and 8 active units at epoch 1, 0.03
+  and none at epoch 4) and stayed so: 13,369 steps (10.2 epochs), test
+  IW-NLL (100 samples) 114.44, KL 0.005, MI 0.006, 0/32 active units, BLEU
+  6.4. A collapsed VAE is a language model, and this one is 0.9 nats below
+  the LM row because it got 19% more steps in its hour (13,369 against
+  11,193; the two ran beside different jobs): the LM row undersells the
+  recipe by about that much.
+- Aggressive training (He et al. 2019; the weight from 0.1 to 1 over 4
+  epochs; MI checked every 100 steps, the phase capped at 200): MI rose from
+  7.35 to 7.54 between the checks at steps 100 and 200, so the phase ran to
+  its cap, 200 steps with 7,800 encoder-only steps inside them, about 34 of
+  the 60 minutes. The remaining 26 minutes bought 5,615 ordinary steps:
+  5,815 in all (4.4 epochs), test IW-NLL (100 samples) 127.36, KL 2.75, MI
+  2.29, 32/32 active units, BLEU 8.0 (the best BLEU of the table, the
+  worst NLL). The latent stays in use, but in an hour the phase leaves too
+  little training for the decoder; He et al. train for 40+ epochs after it
+  (their row: NLL 99.83 with KL 0.93).
+- Not run yet (it needs its hour): anneal. Its config is in `configs/ptb/` and its command below.
 """
 
 
