@@ -124,13 +124,14 @@ _process: Optional[ThreadGovernor] = None  # the governor ``tick`` drives, insta
 def govern(num_threads: int = 0, device: torch.device = torch.device("cpu")) -> Optional[ThreadGovernor]:
     """Install this process's thread choice: ``num_threads`` fixed, or (0, on
     the CPU) a governor that ``tick`` drives from the loops; returns it (None
-    where the count is fixed)."""
+    where the count is fixed). A governor that follows another keeps its
+    ceiling: torch's count may be the lowered one by then."""
     global _process
-    _process = None
+    previous, _process = _process, None
     if num_threads:
         torch.set_num_threads(num_threads)
     elif device.type == "cpu":
-        governor = ThreadGovernor()
+        governor = ThreadGovernor(ceiling=previous.ceiling if previous else None)
         _process = governor if governor.active else None
     return _process
 
