@@ -121,6 +121,6 @@ def test_training_drops_to_one_thread_beside_a_busy_process(word_tokenizer, tmp_
         assert torch.get_num_threads() == 1 and trainer.threads.others == pytest.approx(1.0, abs=0.1)
         assert threads.describe_threads() == "1-2 threads (load-governed)"
         again = threads.govern(0, torch.device("cpu"))  # the next job starts from the same ceiling
-        assert again is not None and again.ceiling == 2
+        assert again is not None and again.ceiling == 2 and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)

@@ -131,6 +131,8 @@ def govern(num_threads: int = 0, device: torch.device = torch.device("cpu")) -> 
     if num_threads:
         torch.set_num_threads(num_threads)
     elif device.type == "cpu":
+        if previous:  # the new job starts where the governor believes it is: at the ceiling
+            torch.set_num_threads(previous.ceiling)
         governor = ThreadGovernor(ceiling=previous.ceiling if previous else None)
         _process = governor if governor.active else None
     return _process
