@@ -41,6 +41,11 @@ ROWS = {  # name: (what, extra training flags)
               "--config configs/ptb/ae-fb.yaml --set train.ae_pretrain_epochs=2"),
     "bn-vae": ("BN-VAE, gamma 0.7 (Zhu et al. 2020)",
                "--config configs/ptb/bn-vae.yaml --set model.bn_vae_gamma=0.7"),
+    # The two VAE rows that keep their latent in use, again with the probe's dropout 0.3.
+    "ae-fb-d0.3": ("ae-fb with dropout 0.3",
+                   "--config configs/ptb/ae-fb.yaml --set train.ae_pretrain_epochs=2 --set model.dropout=0.3"),
+    "bn-vae-d0.3": ("bn-vae with dropout 0.3",
+                    "--config configs/ptb/bn-vae.yaml --set model.bn_vae_gamma=0.7 --set model.dropout=0.3"),
 }
 TRAIN_FLAGS = "--time-budget 60 --set train.num_threads=1"
 NOTES = """\

@@ -107,3 +107,22 @@ def test_eval_compare_and_plot_reject_bad_input(cli, trained_run, shared_corpus,
     only_train.mkdir()
     (only_train / "train.txt").write_text("the cat sat\n")
     one_error_line(cli("eval", run, "--data", only_train), "has no test split")
+
+
+def test_a_long_evaluation_logs_its_progress_where_no_bar_shows(caplog):
+    """In a log file (no terminal) the IW-NLL pass says how far it is and how
+    long is left, once per tenth of the split, not once per batch."""
+    import logging
+
+    from textvae.evaluation.text_eval import _LogProgress
+
+    now = [0.0]
+    progress = _LogProgress(100, "IW-NLL (500 samples)", clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="textvae"):
+        for _ in range(50):  # 50 batches of 2 sentences, 6 s each
+            now[0] += 6.0
+            progress.update(2)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 10
+    assert lines[0] == "IW-NLL (500 samples): 10/100 (10%), 0.5 min, about 4.5 min left"
+    assert lines[-1] == "IW-NLL (500 samples): 100/100 (100%), 5.0 min, about 0.0 min left"
