@@ -7,12 +7,21 @@ by `textvae eval` on the test split; both commands are kept with the row
 trained yet are listed as such.
 
     python scripts/ptb_full_report.py [--runs runs/ptb-full]
+    python scripts/ptb_full_report.py --evaluate 500 [--device cuda] [--data ../shared/data/ptb]
+
+With ``--evaluate K`` it first evaluates, one after the other, every trained
+row whose test evaluation used fewer than K importance samples (or none),
+keeping the previous one as ``eval_test_kN.json``; a stopped pass continues
+where it was, since rows already at K are skipped. The language models are
+exact and are evaluated once.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -168,6 +177,28 @@ def row(name: str, runs: Path) -> dict:
     return result
 
 
+def evaluate(runs: Path, samples: int, data: str, device: str) -> None:
+    """Bring every trained row's test evaluation to ``samples`` importance samples."""
+    sys.path.insert(0, str(ROOT))
+    from textvae.training.info import run_info
+
+    for name in ROWS:
+        run = runs / name
+        if not (run / "config.json").exists() or not run_info(run).finished:
+            continue
+        path = run / "eval_test.json"
+        old = json.loads(path.read_text()) if path.exists() else None
+        if old is not None and ("mi" not in old or old["settings"]["iw_samples"] >= samples):
+            continue  # an LM's NLL is exact; or already at K
+        if old is not None:
+            path.rename(run / f"eval_test_k{old['settings']['iw_samples']}.json")
+        command = [sys.executable, "-m", "textvae", "eval", str(run), "--data", data, "--iw-samples", str(samples),
+                   "--device", device]
+        print(f"$ textvae {' '.join(command[3:])}", file=sys.stderr, flush=True)
+        if subprocess.run(command, cwd=ROOT, env=os.environ).returncode != 0:
+            raise SystemExit(f"evaluation of {name} failed")
+
+
 def cell(value, digits=2) -> str:
     if value is None:
         return "–"
@@ -177,7 +208,14 @@ def cell(value, digits=2) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", default=str(ROOT / "runs" / "ptb-full"))
+    parser.add_argument("--evaluate", type=int, metavar="K", help="first evaluate rows below K importance samples")
+    parser.add_argument("--data", default=os.environ.get("TEXTVAE_DATA", "../shared/data") + "/ptb")
+    parser.add_argument("--device", default="auto")
     args = parser.parse_args()
+    if args.evaluate:
+        if not (ROOT / args.data).is_dir():  # relative paths are the project root's
+            sys.exit(f"ptb_full_report: error: no data at {args.data} (pass --data or set TEXTVAE_DATA)")
+        evaluate(Path(args.runs), args.evaluate, args.data, args.device)
     rows = [row(name, Path(args.runs)) for name in ROWS]
     published = json.loads((ROOT / "results" / "ptb_published.json").read_text())
     (ROOT / "results" / "ptb_full.json").write_text(json.dumps({"rows": rows, "published": published}, indent=2) + "\n")
