@@ -109,20 +109,53 @@ def test_eval_compare_and_plot_reject_bad_input(cli, trained_run, shared_corpus,
     one_error_line(cli("eval", run, "--data", only_train), "has no test split")
 
 
+
 def test_a_long_evaluation_logs_its_progress_where_no_bar_shows(caplog):
     """In a log file (no terminal) the IW-NLL pass says how far it is and how
-    long is left, once per tenth of the split, not once per batch."""
+    long is left, once per tenth of the work, not once per batch."""
     import logging
 
-    from textvae.evaluation.text_eval import _LogProgress
+    from textvae.evaluation.progress import LogProgress
 
     now = [0.0]
-    progress = _LogProgress(100, "IW-NLL (500 samples)", clock=lambda: now[0])
+    progress = LogProgress(1000, "IW-NLL (500 samples)", "tokens", clock=lambda: now[0])
     with caplog.at_level(logging.INFO, logger="textvae"):
-        for _ in range(50):  # 50 batches of 2 sentences, 6 s each
+        for _ in range(50):  # 50 batches of 20 tokens, 6 s each
             now[0] += 6.0
-            progress.update(2)
+            progress.update(20)
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 10
-    assert lines[0] == "IW-NLL (500 samples): 10/100 (10%), 0.5 min, about 4.5 min left"
-    assert lines[-1] == "IW-NLL (500 samples): 100/100 (100%), 5.0 min, about 0.0 min left"
+    assert lines[0] == "IW-NLL (500 samples): 100/1,000 tokens (10%), 0.5 min, about 4.5 min left"
+    assert lines[-1] == "IW-NLL (500 samples): 1,000/1,000 tokens (100%), 5.0 min, about 0.0 min left"
+
+
+def test_the_text_evaluation_counts_its_progress_in_tokens(evaluated, shared_corpus, caplog, monkeypatch):
+    """The IW-NLL pass of ``evaluate_text`` reports every token of the split
+    once (the batches come sorted by length, so sentences would mislead)."""
+    import logging
+
+    import torch
+
+    from textvae.data import load_splits
+    from textvae.evaluation import text_eval
+    from textvae.model import TextVAE
+
+    seen = {}
+
+    class Recorder:
+        def __init__(self, total, desc, unit):
+            seen.update(total=total, unit=unit, done=0)
+
+        def update(self, n):
+            seen["done"] += n
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(text_eval, "progress", Recorder)
+    run = evaluated[0]
+    model = TextVAE.from_pretrained(run)
+    split = load_splits(str(shared_corpus), model.tokenizer, ["valid"], model.config.data.max_length)["valid"]
+    settings = text_eval.EvalSettings(iw_samples=2, batch_size=4, num_samples=2)
+    result = text_eval.evaluate_text(model, split, settings, torch.device("cpu"))
+    assert seen == {"total": result["tokens"], "unit": "tokens", "done": result["tokens"]}

@@ -46,15 +46,15 @@ MAX_DECODES = 2000  # examples x samples decoded in one pass when no chunk is gi
 @torch.no_grad()
 def importance_weighted_nll(model, batches: Iterable, num_samples: int, device: torch.device, chunk: int = 0,
                             autocast: Callable = contextlib.nullcontext, seed: int = 0,
-                            progress: Optional[Callable[[int], None]] = None) -> Tensor:
+                            progress: Optional[Callable[[object], None]] = None) -> Tensor:
     """-log p(x) of every example of ``batches``, in their order: (N,) float64 nats.
 
     The one driver of the estimate above for the text and image models: K =
     ``num_samples`` from one seeded generator over the whole split, ``chunk``
     samples per decoder pass (0: as many as keep MAX_DECODES decodings a
     pass). A model without a latent (the language-model baseline) has an
-    exact log p(x), its reconstruction term. ``progress`` is told how many
-    examples each batch held.
+    exact log p(x), its reconstruction term. ``progress`` is given each batch
+    once it is done (progress.py).
     """
     model.eval()
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -70,5 +70,5 @@ def importance_weighted_nll(model, batches: Iterable, num_samples: int, device: 
                 log_px = importance_weighted_log_likelihood(model, batch, num_samples, samples, generator)
         pieces.append(-log_px.double().cpu())
         if progress:
-            progress(len(batch))
+            progress(batch)
     return torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.float64)

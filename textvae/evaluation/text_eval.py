@@ -19,7 +19,6 @@ model gets follow the shared schema of ``results.py``:
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -32,10 +31,9 @@ from ..runtime import autocast_context
 from ..threads import tick
 from .elbo import evaluate_elbo
 from .likelihood import importance_weighted_nll
+from .progress import progress
 from .results import likelihood_figures
 from .text_metrics import corpus_bleu, distinct_n, self_bleu
-
-log = logging.getLogger("textvae")
 
 
 @dataclass
@@ -46,41 +44,6 @@ class EvalSettings:
     num_samples: int = 500  # prior samples for the diversity figures
     seed: int = 0
     precision: str = "fp32"
-
-
-class _LogProgress:
-    """Progress of a long pass where no terminal shows a bar (a log file): one
-    line at every tenth of the way, with the time spent and an estimate of
-    the time left, so that an hour-long evaluation is not silent."""
-
-    def __init__(self, total: int, desc: str, clock=time.perf_counter) -> None:
-        self.total, self.desc, self.clock = total, desc, clock
-        self.done, self.start, self.next_tenth = 0, clock(), 1
-
-    def update(self, n: int) -> None:
-        self.done += n
-        tenth = self.done * 10 // max(1, self.total)
-        if tenth < self.next_tenth:
-            return
-        self.next_tenth = tenth + 1
-        spent = self.clock() - self.start
-        left = spent * (self.total - self.done) / self.done
-        log.info("%s: %s/%s (%d%%), %.1f min, about %.1f min left", self.desc, f"{self.done:,}",
-                 f"{self.total:,}", 100 * self.done // self.total, spent / 60, left / 60)
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, desc: str):
-    """A bar on a terminal, log lines otherwise (``total`` sentences)."""
-    import sys
-
-    from tqdm import tqdm
-
-    if not sys.stderr.isatty():
-        return _LogProgress(total, desc)
-    return tqdm(total=total, desc=desc, file=sys.stderr, unit="sent", leave=False)
 
 
 @torch.no_grad()
@@ -115,13 +78,13 @@ def evaluate_text(model, split: TextSplit, settings: EvalSettings, device: torch
     timings["elbo_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    bar = _progress(len(split), f"IW-NLL ({settings.iw_samples} samples)")
+    tokens = sum(len(ids) + 1 for ids in split.ids)  # words/subwords + eos
+    bar = progress(tokens, f"IW-NLL ({settings.iw_samples} samples)", "tokens")  # a pass costs about its tokens
     nll = importance_weighted_nll(model, data.iterate(), settings.iw_samples, device, settings.iw_chunk, autocast,
-                                  settings.seed, bar.update)
+                                  settings.seed, lambda batch: bar.update(int(batch.lengths.sum()) - len(batch)))
     bar.close()
     timings["nll_s"] = time.perf_counter() - start
     total_nll = float(nll.sum())
-    tokens = sum(len(ids) + 1 for ids in split.ids)  # words/subwords + eos
     words = sum(len(text.split()) + 1 for text in split.texts)
     result: dict[str, Any] = {"split": split.name, "sentences": len(split), "tokens": tokens, "words": words,
                               "unit": "nats per sentence", **likelihood_figures(stats, nll, model.latent_dim),

@@ -8,18 +8,15 @@ One ELBO pass (rec, KL, MI, active units) and the importance-weighted NLL
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
 from ..evaluation.elbo import evaluate_elbo
 from ..evaluation.likelihood import importance_weighted_nll
+from ..evaluation.progress import progress
 from ..evaluation.results import likelihood_figures
 from .batches import ImageBatches
 from .model import ConvVAE
-
-log = logging.getLogger("textvae")
-REPORT_EVERY = 60  # seconds between progress lines of a long IW-NLL
 
 
 def evaluate_images(model: ConvVAE, batches: ImageBatches, iw_samples: int, seed: int = 0) -> dict[str, Any]:
@@ -29,24 +26,11 @@ def evaluate_images(model: ConvVAE, batches: ImageBatches, iw_samples: int, seed
     started = time.perf_counter()
     stats = evaluate_elbo(model, batches.iterate(0), model.device, seed=seed)
     elbo_seconds = time.perf_counter() - started
+    bar = progress(len(batches), f"IW-NLL ({iw_samples} samples)", "images")
     nll = importance_weighted_nll(model, batches.iterate(0), iw_samples, model.device, seed=seed,
-                                  progress=_reporter(len(batches)))
+                                  progress=lambda batch: bar.update(len(batch)))
+    bar.close()
     nll_seconds = time.perf_counter() - started - elbo_seconds
     return {"images": len(batches), "unit": "nats per image", **likelihood_figures(stats, nll, model.latent_dim),
             "settings": {"iw_samples": iw_samples, "seed": seed, "batch_size": batches.batch_size},
             "timings": {"elbo_s": round(elbo_seconds, 1), "nll_s": round(nll_seconds, 1)}}
-
-
-def _reporter(total: int):
-    """A progress callback that logs a line a minute with the time left."""
-    started = last = time.time()
-    done = 0
-
-    def report(count: int) -> None:
-        nonlocal done, last
-        done += count
-        if time.time() - last > REPORT_EVERY:
-            last, rate = time.time(), done / (time.time() - started)
-            log.info(f"IW-NLL: {done:,}/{total:,} images, about {(total - done) / rate:.0f} s left")
-
-    return report
