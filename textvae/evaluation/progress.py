@@ -19,6 +19,8 @@ log = logging.getLogger("textvae")
 
 
 class LogProgress:
+    """``update(n)`` adds n units of work done; a line is logged when a new tenth of ``total`` is reached."""
+
     def __init__(self, total: int, desc: str, unit: str, clock: Callable[[], float] = time.perf_counter) -> None:
         self.total, self.desc, self.unit, self.clock = total, desc, unit, clock
         self.done, self.start, self.next_tenth = 0, clock(), 1
