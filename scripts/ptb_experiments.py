@@ -5,8 +5,9 @@ followed by ``textvae eval`` with 500 importance samples on the test split;
 the script writes ``results/ptb_4epochs.json`` and ``results/ptb_4epochs.md``
 (our rows, the commands that reproduce them, the published figures beside
 them, and samples from the best VAE): the 4-epoch table that came before the
-hour-long runs of ``scripts/ptb_full_report.py`` (``results/ptb.md``). Finished runs are reused and interrupted ones resumed, so
-the script can be stopped and started again.
+hour-long runs of ``scripts/ptb_full_report.py`` (``results/ptb.md``).
+Finished runs are reused and interrupted ones resumed, so the script can be
+stopped and started again.
 
     python scripts/ptb_experiments.py --data ../shared/data/ptb [--runs lm,vae] [--set train.epochs=10]
 """
