@@ -109,7 +109,6 @@ def test_eval_compare_and_plot_reject_bad_input(cli, trained_run, shared_corpus,
     one_error_line(cli("eval", run, "--data", only_train), "has no test split")
 
 
-
 def test_a_long_evaluation_logs_its_progress_where_no_bar_shows(caplog):
     """In a log file (no terminal) the IW-NLL pass says how far it is and how
     long is left, once per tenth of the work, not once per batch."""
@@ -129,11 +128,9 @@ def test_a_long_evaluation_logs_its_progress_where_no_bar_shows(caplog):
     assert lines[-1] == "IW-NLL (500 samples): 1,000/1,000 tokens (100%), 5.0 min, about 0.0 min left"
 
 
-def test_the_text_evaluation_counts_its_progress_in_tokens(evaluated, shared_corpus, caplog, monkeypatch):
+def test_the_text_evaluation_counts_its_progress_in_tokens(evaluated, shared_corpus, monkeypatch):
     """The IW-NLL pass of ``evaluate_text`` reports every token of the split
     once (the batches come sorted by length, so sentences would mislead)."""
-    import logging
-
     import torch
 
     from textvae.data import load_splits

@@ -27,9 +27,10 @@ class LogProgress:
 
     def update(self, n: int) -> None:
         self.done += n
-        if self.done * 10 // max(1, self.total) < self.next_tenth:
+        tenth = self.done * 10 // max(1, self.total)
+        if tenth < self.next_tenth:
             return
-        self.next_tenth = self.done * 10 // max(1, self.total) + 1
+        self.next_tenth = tenth + 1
         spent = self.clock() - self.start
         left = spent * max(0, self.total - self.done) / self.done
         log.info("%s: %s/%s %s (%d%%), %.1f min, about %.1f min left", self.desc, f"{self.done:,}",
