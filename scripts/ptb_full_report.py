@@ -5,7 +5,8 @@ figures beside ours and the real output of the best VAE.
 Each row is trained by `textvae train` with `--time-budget 60` and evaluated
 by `textvae eval` on the test split; both commands are kept with the row
 (`eval_test.json` records the evaluation's own command and device). Rows not
-trained yet are listed as such.
+trained yet are listed as such. What was tried and what it gave is written
+by hand in ptb_full_notes.md and copied into the file.
 
     python scripts/ptb_full_report.py [--runs runs/ptb-full]
     python scripts/ptb_full_report.py --evaluate 500 [--device cuda] [--data ../shared/data/ptb]
@@ -28,6 +29,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from textvae.training.info import run_info  # noqa: E402
 BASE = "textvae train --data ../shared/data/ptb --out runs/ptb-full/{name} --config ptb-lstm --config configs/ptb/full.yaml"
 ROWS = {  # name: (what, extra training flags)
     "lm": ("LSTM language model (no latent)", "--config configs/ptb/lm.yaml"),
@@ -59,121 +62,7 @@ ROWS = {  # name: (what, extra training flags)
                     "--config configs/ptb/bn-vae.yaml --set model.bn_vae_gamma=0.7 --set model.dropout=0.3"),
 }
 TRAIN_FLAGS = "--time-budget 60 --set train.num_threads=1"
-NOTES = """\
-## What was tried, and what it gave
-
-- Recipe (`configs/ptb/full.yaml`): the ptb-lstm model with Adam at 2e-3, a
-  cosine decay to zero over the hour and tied input/output embeddings. On this
-  session's CPU (AMD EPYC without AVX-512: bf16 is emulated, so the runs are
-  fp32) an hour at one thread bought 8.5 epochs of the LM (11,193 steps) and
-  7.1 of the BN-VAE (9,398 steps), two runs side by side.
-- The LM reached 115.34 nats on the test split (PPL 193), against the
-  published 101.04: the target is not met. Its training loss with dropout
-  (about 120 to 130 nats) stayed above its validation NLL (116.2) to the end,
-  and validation improved by only 0.13 nats over the last 1.5 epochs at a
-  learning rate falling to zero: dropout 0.5 with 8 epochs underfits. The
-  papers' recipe trains 40+ epochs with the same dropout. What an hour needs
-  here is either more epochs per hour (both threads for one run, or a cheaper
-  output layer: the 256 x 10,003 projection is about 80% of a step in fp32) or
-  less regularisation for the short budget (on another corpus, 5 epochs
-  without dropout beat the ptb-lstm recipe by 10 nats).
-- BN-VAE with gamma 0.7 (a KL floor of 32 x 0.49 / 2 = 7.8 nats) keeps all 32
-  units active with KL about 8 and MI about 4.8 throughout; on the test split
-  its IW-NLL (100 samples) is 117.94, 2.6 nats above the LM's 115.34, with KL
-  7.93, MI 4.80 and 32/32 active units, and its reconstructions score BLEU
-  5.1. So the VAE target (IW-NLL at or below the LM's with KL >= 6, MI >= 5,
-  32/32 AU) is not met either: KL and AU are, MI falls 0.2 short, and the
-  NLL is 2.6 nats above. The evaluation used 100 importance samples, not the
-  protocol's 500: 500 would take about 80 minutes at one thread of this CPU
-  in fp32 (the 256 x 10,003 output projection alone is 211 TFLOP); more
-  samples can only lower the estimate.
-- AE pretraining + free bits (Li et al. 2019; `configs/ptb/ae-fb.yaml`, free
-  bits 0.25 nats per dimension at batch level) with 2 of the hour's epochs
-  of autoencoder training (KL weight 0), then a freshly initialised decoder
-  trained as a VAE for the rest of the hour with its own cosine decay: 10,029
-  steps in all (2 + 5.6 epochs). On the test split its IW-NLL (100 samples)
-  is **109.09, 6.25 nats below the LM's 115.34** (PPL 145 against 193), with
-  KL 7.48, MI 5.04, 32/32 active units and reconstruction BLEU 4.6 (ELBO
-  -112.08, itself below the LM). So the VAE target is met: IW-NLL at or
-  below the LM's, KL >= 6, MI >= 5, 32/32 AU. Its validation -ELBO passed
-  the LM's final validation NLL (116.2) one epoch into the VAE phase and was
-  still falling at the end (113.01). Why it beats the LM by more than the
-  papers' 1 nat: both underfit at dropout 0.5 in an hour, and the decoder
-  that reads z learns faster than the one that does not (the encoder,
-  trained first, hands it the sentence's length and topic from the start).
-  The evaluation used 100 importance samples (about 20 minutes at one
-  thread); 500 can only lower the estimate.
-- Cyclical annealing (Fu et al. 2019; 4 cycles over the hour, the weight
-  rising from 0 to 1 over the first half of each) ends nearly collapsed:
-  12,110 steps (9.2 epochs), test IW-NLL (100 samples) 115.42 against the
-  LM's 115.34, KL 0.13, MI 0.12, 3/32 active units, BLEU 6.5. Validation KL
-  rose to 0.5-0.8 nats while the weight was low and fell back to 0.1-0.2 at
-  each plateau of weight 1: with a weight that returns to 1, the decoder
-  (LSTM, z at every input) learns to do without z again in every cycle.
-  The published cyclical row (Fu et al. 2019 as quoted by Optimus) keeps a
-  little more, KL 1.37, MI 1.27 and 5 active units, after far more epochs.
-- Annealing + word dropout 0.5 (Bowman et al. 2016; the weight from 0.1 to
-  1 over the first 4 epochs, 5,260 steps) keeps a little information: 12,767
-  steps (9.7 epochs), test IW-NLL (100 samples) 119.80, 4.5 nats above the
-  LM, KL 1.01, MI 1.00, 3/32 active units, BLEU 3.1. Validation KL settled
-  at 1.1 nats once the weight reached 1 and stayed there. Half the decoder's
-  inputs dropped costs more likelihood than the latent gives back in this
-  budget; Bowman et al. report KL 2 and a PPL of 119 against their LM's 116.
-- Free bits 0.25 nats per dimension (batch level): 13,006 steps (9.9
-  epochs), test IW-NLL (100 samples, 2 threads) 115.81, 0.47 above the LM,
-  with KL 7.19, MI 3.86, 32/32 active units and BLEU 5.2: the latent stays
-  in use, but free bits alone does not pay for itself in an hour (ae-fb,
-  the same free bits after AE pretraining, is 6.7 nats lower).
-- Plain VAE (KL weight 1 from the start, no remedy): collapsed within the
-  first epoch (validation KL 0.16 nats and 8 active units at epoch 1, 0.03
-  and none at epoch 4) and stayed so: 13,369 steps (10.2 epochs), test
-  IW-NLL (100 samples) 114.44, KL 0.005, MI 0.006, 0/32 active units, BLEU
-  6.4. A collapsed VAE is a language model, and this one is 0.9 nats below
-  the LM row because it got 19% more steps in its hour (13,369 against
-  11,193; the two ran beside different jobs): the LM row undersells the
-  recipe by about that much.
-- Aggressive training (He et al. 2019; the weight from 0.1 to 1 over 4
-  epochs; MI checked every 100 steps, the phase capped at 200): MI rose from
-  7.35 to 7.54 between the checks at steps 100 and 200, so the phase ran to
-  its cap, 200 steps with 7,800 encoder-only steps inside them, about 34 of
-  the 60 minutes. The remaining 26 minutes bought 5,615 ordinary steps:
-  5,815 in all (4.4 epochs), test IW-NLL (100 samples) 127.36, KL 2.75, MI
-  2.29, 32/32 active units, BLEU 8.0 (the best BLEU of the table, the
-  worst NLL). The latent stays in use, but in an hour the phase leaves too
-  little training for the decoder; He et al. train for 40+ epochs after it
-  (their row: NLL 99.83 with KL 0.93).
-- Less dropout for the short budget (a recipe probe, the LM only):
-  dropout 0.3 instead of 0.5, all else the same, 13,578 steps (10.3
-  epochs): test NLL **108.78** (exact; PPL 143.0), 6.56 nats below the
-  dropout-0.5 LM's 115.34. Validation was 5 nats ahead at step 2,630
-  (119.43 against 124.25) and passed the 0.5 LM's final 116.24 at step
-  5,260, a third of the way. So dropout 0.5 was the larger part of the gap
-  to the published 101.04; the rest is epochs (10 here, 40+ there): over
-  the last tenth of its steps the training loss, dropout on, averaged 110.9
-  nats, no lower than the final validation NLL (109.8), with the learning
-  rate already near zero, so even at 0.3 the model underfits rather than
-  overfits, and only more steps would move it. The LM target (<= 101.0) is
-  not met: 7.7 nats short. Against this LM, ae-fb (trained at dropout 0.5)
-  is 0.31 nats above, so the VAE target had to be met again at dropout 0.3
-  (below).
-- KL annealing alone (Bowman et al. 2016; 0.1 to 1 over 4 epochs, no word
-  dropout): 11,375 steps (8.7 epochs), test IW-NLL (100 samples) 115.30, KL
-  0.33, MI 0.32, 2/32 active units, BLEU 5.9. Validation KL
-  was 3.6 nats with 31 active units at epoch 1 (weight 0.33) and fell to
-  0.4 nats and 3 units once the weight reached 1: annealing delays the
-  collapse, it does not prevent it.
-- Dropout 0.3 for the two VAEs that keep their latent in use, all else as in
-  their rows. ae-fb: 9,303 steps (2 epochs of autoencoder, then 5.1 of VAE;
-  7.1 in all), validation -ELBO 109.96 at the end against 113.01 at dropout
-  0.5; on the test split, with the protocol's 500 importance samples (75
-  minutes at one or two threads, as the load allowed), IW-NLL **106.08**,
-  2.70 nats below the dropout-0.3 LM's 108.78, with KL 7.77, MI 5.66, 32/32
-  active units and reconstruction BLEU 6.8. So the VAE target is met against
-  the stronger LM. bn-vae (gamma 0.7): 9,398 steps (7.1 epochs), validation
-  -ELBO 116.81 against 122.57 at dropout 0.5; test IW-NLL (100 samples)
-  112.68, 3.90 above the dropout-0.3 LM, with KL 7.71, MI 5.34, 32/32 active
-  units, BLEU 7.1.
-"""
+NOTES = Path(__file__).with_name("ptb_full_notes.md")  # what was tried and what it gave, written by hand
 
 
 def row(name: str, runs: Path) -> dict:
@@ -184,9 +73,6 @@ def row(name: str, runs: Path) -> dict:
     if not (run / "eval_test.json").exists():
         result["status"] = "not trained yet" if not run.exists() else "not evaluated yet"
         return result
-    sys.path.insert(0, str(ROOT))
-    from textvae.training.info import run_info
-
     info = run_info(run)
     ev = json.loads((run / "eval_test.json").read_text())
     result.update(status="done", steps=info.step, epochs=info.epoch, stop_reason=info.stop_reason,
@@ -196,9 +82,6 @@ def row(name: str, runs: Path) -> dict:
 
 def evaluate(runs: Path, samples: int, data: str, device: str) -> None:
     """Bring every trained row's test evaluation to ``samples`` importance samples."""
-    sys.path.insert(0, str(ROOT))
-    from textvae.training.info import run_info
-
     for name in ROWS:
         run = runs / name
         if not (run / "config.json").exists() or not run_info(run).finished:
@@ -331,7 +214,7 @@ def main() -> None:
         lines += ["", f"## Real output of the best VAE (`{vae['run']}`)", ""]
         for item in output:
             lines += [f"`{item['command']}`", "", "```", *item["output"], "```", ""]
-    lines += ["", NOTES]
+    lines += ["", NOTES.read_text()]
     results = {"rows": rows, "best_lm": lm and lm["run"], "best_vae": vae and vae["run"], "showcase": output,
                "published": published}
     (ROOT / "results" / "ptb.json").write_text(json.dumps(results, indent=2) + "\n")
