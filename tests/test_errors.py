@@ -179,15 +179,30 @@ def test_a_checkpoint_whose_weights_are_not_finite_does_not_resume(cli, run_copy
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_an_interrupt_during_start_up(shared_corpus, tmp_path, sig):
     """The signal arrives while torch is being imported (its library just
-    mapped): one line, exit 130, no folder left."""
+    mapped): one line, exit 130, no folder left.
+
+    The child is frozen (SIGSTOP) for each look at its memory map, so the
+    signal lands where the look saw it, however starved this test process is
+    (a child left running could finish its tiny training between the look
+    and the signal)."""
     run = tmp_path / "run"
     process = subprocess.Popen([sys.executable, "-m", "textvae", "train", "--data", str(shared_corpus), "--out",
                                 str(run), *TINY_FLAGS], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
-    maps = Path(f"/proc/{process.pid}/maps")
+    proc = Path(f"/proc/{process.pid}")
     deadline = time.monotonic() + 60
-    while "libtorch" not in maps.read_text() and time.monotonic() < deadline and process.poll() is None:
+    while time.monotonic() < deadline and process.poll() is None:
+        process.send_signal(signal.SIGSTOP)
+        while process.poll() is None and (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] not in "tT":
+            time.sleep(0.001)
+        if process.poll() is not None:
+            break
+        seen = "libtorch" in (proc / "maps").read_text()
+        if seen:
+            process.send_signal(sig)  # pending until the child runs again
+        process.send_signal(signal.SIGCONT)
+        if seen:
+            break
         time.sleep(0.005)
-    process.send_signal(sig)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 130, err.decode()
     assert err.decode() == "textvae: interrupted\n" and out == b""

@@ -177,6 +177,26 @@ def test_a_signal_stops_with_a_checkpoint_and_names_the_resume_command(word_toke
     assert f"continue with `textvae mnist train --resume {tmp_path / 'run'}`" in capsys.readouterr().err
 
 
+def test_a_signal_during_the_final_checkpoint_still_stops_as_interrupted(word_tokenizer, tmp_path, capsys):
+    """Ctrl-C after the last step's poll (the final validation or checkpoint)
+    is not swallowed: the run ends as interrupted, its checkpoint saved."""
+    import signal
+
+    trainer = make_trainer(word_tokenizer, tmp_path / "run", max_steps=3, epochs=100, log_every=4)
+    checkpoint = trainer.checkpoint
+
+    def checkpoint_then_signal():
+        checkpoint()
+        if trainer.state.finished:
+            trainer.signals.handle(signal.SIGINT, None)
+
+    trainer.checkpoint = checkpoint_then_signal
+    state = trainer.fit()
+    assert state.step == 3 and trainer.interrupted
+    assert json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())["step"] == 3
+    assert "interrupted at step 3; checkpoint saved" in capsys.readouterr().err
+
+
 def test_training_log_lines_average_over_their_interval(word_tokenizer, tmp_path):
     trainer = make_trainer(word_tokenizer, tmp_path / "run", max_steps=8, epochs=100, log_every=4)
     seen = []

@@ -109,6 +109,10 @@ class Trainer:
                     self.checkpoint()
         except _Stop:
             pass
+        if self.signals.agreed is None and self.signals.poll():
+            # The signal came after the last step's poll (during the final
+            # validation or checkpoint): the user asked to stop, so stop here.
+            self._report_stop()
         if not self.interrupted:
             self._finish()
         return state
