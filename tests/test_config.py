@@ -25,6 +25,7 @@ def test_defaults_are_valid_and_round_trip_through_json(tmp_path):
     ("tokenizer", "spec", ""),
     ("objective", "kl_schedule", "exponential"),
     ("objective", "free_bits", -0.5),
+    ("objective", "bow_weight", -1.0),
     ("train", "optimizer", "rmsprop"),
     ("train", "lr", 0.0),
     ("train", "batch_size", -8),
@@ -33,6 +34,13 @@ def test_defaults_are_valid_and_round_trip_through_json(tmp_path):
 def test_invalid_values_raise_and_name_the_field(section, key, value):
     with pytest.raises(TextVAEError, match=f"{section}.{key}"):
         Config.from_dict({section: {key: value}})
+
+
+def test_an_image_model_refuses_the_bag_of_words_loss():
+    from textvae.image.config import ImageConfig
+
+    with pytest.raises(TextVAEError, match="objective.bow_weight is for text models"):
+        ImageConfig.from_dict({"objective": {"bow_weight": 1.0}})
 
 
 @pytest.mark.parametrize("section, key, value", [

@@ -16,7 +16,7 @@ import torch
 
 from textvae.config import ObjectiveConfig
 from textvae.data import TextBatches, collate, tokenize_split
-from textvae.model import TextVAE
+from textvae.model import TextVAE, decoder_io
 from textvae.objectives import VAEOutput, elbo_loss
 from textvae.training.trainer import Trainer
 
@@ -187,6 +187,41 @@ def test_delta_vae_keeps_every_dimension_above_delta(word_tokenizer):
         model.posterior_head.proj.bias.fill_(50.0)  # mean far out, variance at its upper end
         model.posterior_head.proj.bias[:4] = 0.0  # mean 0: the KL is exactly the committed rate
         assert model(batch).kl_per_dim == pytest.approx(torch.full((16, 4), delta), abs=1e-4)
+
+
+# ------------------------------------------------------------ bag of words
+def test_the_bag_of_words_loss_is_the_heads_nll_of_every_target_token(word_tokenizer):
+    """Zhao et al. 2017: one distribution f(z) over the vocabulary per
+    sentence; the loss sums -log f(z)[w] over the sentence's targets (eos
+    included, padding not), and the training loss adds it with its weight."""
+    torch.manual_seed(0)
+    config = tiny_config(objective={"bow_weight": 0.5})
+    model = TextVAE(config, word_tokenizer)
+    batch = random_batch(word_tokenizer)
+    z = torch.randn(len(batch.lengths), config.model.latent_dim)
+    _, targets, mask = decoder_io(batch)
+    got = model.bag_of_words_nll(z, targets, mask)
+    for i, length in enumerate(batch.lengths.tolist()):
+        log_probs = torch.log_softmax(model.bow_head(z[i]), -1)
+        words = batch.tokens[i, 1:length]  # after bos, through eos
+        assert got[i].item() == pytest.approx(-log_probs[words].sum().item(), rel=1e-5)
+    out = model(batch)
+    assert out.bow.shape == out.rec.shape and (out.bow > 0).all()
+    expected = (out.rec + 0.7 * out.kl + 0.5 * out.bow).mean()
+    assert elbo_loss(out, 0.7, config.objective).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert TextVAE(tiny_config(), word_tokenizer)(batch).bow is None  # off by default: no head, no term
+
+
+def test_training_with_the_bag_of_words_loss_lowers_it_and_keeps_the_head(word_tokenizer, tmp_path):
+    trainer = make_trainer(word_tokenizer, tmp_path / "run", max_steps=40, epochs=100, log_every=10,
+                           objective={"bow_weight": 1.0})
+    trainer.fit()
+    bow = [r["bow"] for r in train_records(tmp_path / "run")]
+    assert len(bow) == 4 and bow[-1] < 0.9 * bow[0]
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "run" / "model.safetensors")  # the head is kept with the weights
+    assert saved["bow_head.weight"].shape == (word_tokenizer.vocab_size, 4)
 
 
 # -------------------------------------------------- the schedule in training

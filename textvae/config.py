@@ -129,6 +129,10 @@ class ObjectiveConfig:
     # collapsing: no KL pressure below 0.5 nats a dimension (Kingma et al. 2016).
     free_bits: float = 0.5  # nats; 0 disables
     free_bits_mode: str = "dim_batch"  # dim_batch (Kingma 2016, Li 2019), dim_example, total (a KL target)
+    # Text: weight of the bag-of-words loss, -log p(each target token | z) from
+    # a linear head on z (Zhao et al. 2017); it makes z name the sentence's
+    # words, whatever the decoder could guess; 0 disables.
+    bow_weight: float = 0.0
 
     def __post_init__(self) -> None:
         _choice("objective.kl_schedule", self.kl_schedule, ("constant", "linear", "logistic", "cyclical"))
@@ -138,6 +142,7 @@ class ObjectiveConfig:
         _check(self.kl_cycles >= 1, "objective.kl_cycles must be >= 1")
         _check(0.0 < self.kl_cycle_ratio <= 1.0, "objective.kl_cycle_ratio must be in (0, 1]")
         _check(self.free_bits >= 0.0, "objective.free_bits must be >= 0")
+        _check(self.bow_weight >= 0.0, "objective.bow_weight must be >= 0")
 
 
 @dataclass

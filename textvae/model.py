@@ -46,6 +46,8 @@ class TextVAE(BaseVAE):
             self.posterior_head = GaussianHead(self.encoder.output_dim, model.latent_dim, model.logvar_min,
                                                model.logvar_max, model.bn_vae_gamma, model.delta)
             self.prior = build_prior(model.prior, model.latent_dim, model.prior_components)
+            if config.objective.bow_weight > 0:
+                self.bow_head = nn.Linear(model.latent_dim, vocab)  # Zhao et al. 2017
         self.decoder = build_decoder(model, vocab, pad, saved_dir)
         for module in self._backbones():
             module.check_tokenizer(tokenizer)
@@ -73,7 +75,17 @@ class TextVAE(BaseVAE):
             inputs = word_dropout(inputs, self.config.model.word_dropout, tok.unk_id, protected, generator)
         rec = -self.sequence_log_likelihood(inputs, targets, mask, z)
         kl = kl_per_dim.sum(-1) if kl_per_dim is not None else torch.zeros_like(rec)
-        return VAEOutput(rec=rec, kl=kl, kl_per_dim=kl_per_dim, mean=mean, logvar=logvar, tokens=mask.sum(1))
+        bow = self.bag_of_words_nll(z, targets, mask) if hasattr(self, "bow_head") else None
+        return VAEOutput(rec=rec, kl=kl, kl_per_dim=kl_per_dim, mean=mean, logvar=logvar, tokens=mask.sum(1),
+                         bow=bow)
+
+    def bag_of_words_nll(self, z: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
+        """Zhao et al. 2017 ("Learning Discourse-level Diversity for Neural
+        Dialog Models using CVAEs", eq. 5): -sum_t log f(z)[x_t], one
+        distribution over the vocabulary for the whole sentence, order ignored.
+        z (B, D), targets and mask (B, T) -> (B,) nats."""
+        log_probs = torch.log_softmax(self.bow_head(z).float(), dim=-1)  # (B, V)
+        return -(log_probs.gather(1, targets) * mask).sum(1)
 
     def sequence_log_likelihood(self, inputs: Tensor, targets: Tensor, mask: Tensor, z: Optional[Tensor]) -> Tensor:
         """log p(targets | inputs, z) summed over the masked positions, (B,)."""

@@ -26,6 +26,8 @@ class VAEOutput:
     kl_per_dim: (B, D) the same per latent dimension (None without a latent)
     mean, logvar: (B, D) q(z|x)'s parameters (None without a latent)
     tokens:     (B,) predicted units per example (tokens incl. eos; pixels)
+    bow:        (B,) -log p(bag of target tokens | z), the auxiliary loss of
+                Zhao et al. 2017 (text with objective.bow_weight > 0; not in the ELBO)
     """
 
     rec: Tensor
@@ -34,6 +36,7 @@ class VAEOutput:
     mean: Optional[Tensor] = None
     logvar: Optional[Tensor] = None
     tokens: Optional[Tensor] = None
+    bow: Optional[Tensor] = None
 
     @property
     def elbo(self) -> Tensor:
@@ -109,11 +112,14 @@ def free_bits_kl(kl_per_dim: Tensor, free_bits: float, mode: str) -> Tensor:
 
 
 def elbo_loss(output: VAEOutput, beta: float, config: ObjectiveConfig) -> Tensor:
-    """Scalar loss: batch mean of rec + beta * (floored) KL, nats per example."""
+    """Scalar loss: batch mean of rec + beta * (floored) KL (+ the weighted
+    bag-of-words loss), nats per example."""
     if output.kl_per_dim is None:
         return output.rec.mean()
-    kl_term = free_bits_kl(output.kl_per_dim, config.free_bits, config.free_bits_mode)
-    return (output.rec + beta * kl_term).mean()
+    loss = output.rec + beta * free_bits_kl(output.kl_per_dim, config.free_bits, config.free_bits_mode)
+    if output.bow is not None:
+        loss = loss + config.bow_weight * output.bow
+    return loss.mean()
 
 
 def word_dropout(tokens: Tensor, rate: float, unk_id: int, protected: Tensor,

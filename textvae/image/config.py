@@ -73,6 +73,10 @@ class ImageObjectiveConfig(ObjectiveConfig):
 
     free_bits: float = 0.0
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.bow_weight == 0.0, "objective.bow_weight is for text models (a bag of words)")
+
 
 @dataclass
 class ImageConfig:

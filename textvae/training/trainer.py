@@ -219,7 +219,10 @@ class Trainer:
         for param in frozen:
             param.grad = None
         self.guard.step(loss)
-        return {"loss": float(loss.detach()), "rec": float(out.rec.detach().mean()), "kl": float(out.kl.detach().mean())}
+        logs = {"loss": float(loss.detach()), "rec": float(out.rec.detach().mean()), "kl": float(out.kl.detach().mean())}
+        if out.bow is not None:
+            logs["bow"] = float(out.bow.detach().mean())
+        return logs
 
     # -------------------------------------------------------- validation
     def evaluate(self) -> dict[str, Any]:
