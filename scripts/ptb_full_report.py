@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -80,9 +81,10 @@ def row(name: str, runs: Path) -> dict:
     return result
 
 
-def evaluate(runs: Path, samples: int, data: str, device: str) -> None:
-    """Bring every trained row's test evaluation to ``samples`` importance samples."""
-    for name in ROWS:
+def evaluate(runs: Path, samples: int, data: str, device: str, names: list[str]) -> None:
+    """Bring each named trained row's test evaluation to ``samples`` importance
+    samples; the old file stays in place until the new one replaces it."""
+    for name in names:
         run = runs / name
         if not (run / "config.json").exists() or not run_info(run).finished:
             continue
@@ -91,7 +93,7 @@ def evaluate(runs: Path, samples: int, data: str, device: str) -> None:
         if old is not None and ("mi" not in old or old["settings"]["iw_samples"] >= samples):
             continue  # an LM's NLL is exact; or already at K
         if old is not None:
-            path.rename(run / f"eval_test_k{old['settings']['iw_samples']}.json")
+            shutil.copy2(path, run / f"eval_test_k{old['settings']['iw_samples']}.json")
         command = [sys.executable, "-m", "textvae", "eval", str(run), "--data", data, "--iw-samples", str(samples),
                    "--device", device]
         print(f"$ textvae {' '.join(command[3:])}", file=sys.stderr, flush=True)
@@ -174,11 +176,13 @@ def main() -> None:
     parser.add_argument("--evaluate", type=int, metavar="K", help="first evaluate rows below K importance samples")
     parser.add_argument("--data", default=os.environ.get("TEXTVAE_DATA", "../shared/data") + "/ptb")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS), metavar="ROW",
+                        help="with --evaluate: these rows only, in this order (default: all)")
     args = parser.parse_args()
     if args.evaluate:
         if not (ROOT / args.data).is_dir():  # relative paths are the project root's
             sys.exit(f"ptb_full_report: error: no data at {args.data} (pass --data or set TEXTVAE_DATA)")
-        evaluate(Path(args.runs), args.evaluate, args.data, args.device)
+        evaluate(Path(args.runs), args.evaluate, args.data, args.device, args.rows)
     rows = [row(name, Path(args.runs)) for name in ROWS]
     published = json.loads((ROOT / "results" / "ptb_published.json").read_text())
     lm, vae = best_rows(rows)
