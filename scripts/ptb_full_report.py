@@ -76,7 +76,8 @@ def row(name: str, runs: Path) -> dict:
         return result
     info = run_info(run)
     ev = json.loads((run / "eval_test.json").read_text())
-    result.update(status="done", steps=info.step, epochs=info.epoch, stop_reason=info.stop_reason,
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    result.update(status="done", steps=info.step, epochs=round(last["epoch"], 1), stop_reason=info.stop_reason,
                   train_minutes=round(info.seconds / 60, 1), eval=ev, eval_command=ev.get("command"))
     return result
 
@@ -162,6 +163,54 @@ def table(rows: list[dict]) -> list[str]:
     return lines
 
 
+README_LABELS = {  # the README's short names for the rows
+    "lm": "lm", "lm-dropout-0.3": "lm, dropout 0.3", "vae": "vae (no remedy)", "anneal": "anneal (4 epochs)",
+    "anneal-wdrop": "anneal-wdrop", "cyclical": "cyclical (4 cycles)", "free-bits": "free-bits 0.25",
+    "aggressive": "aggressive (phase capped at 200 steps)", "ae-fb": "ae-fb: AE pretraining (2 epochs) + free bits",
+    "bn-vae": "bn-vae, gamma 0.7", "ae-fb-d0.3": "ae-fb, dropout 0.3", "bn-vae-d0.3": "bn-vae, dropout 0.3",
+}
+
+
+def readme_table(rows: list[dict], best: tuple[str | None, str | None]) -> list[str]:
+    """The README's shorter table: the best LM and VAE in bold."""
+    lines = ["| run | test NLL | PPL | KL | MI | AU | BLEU | training |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        label = README_LABELS[r["run"]]
+        if r["status"] != "done":
+            lines.append(f"| {label} | {r['status']} |" + " |" * 6)
+            continue
+        ev, lm = r["eval"], "mi" not in r["eval"]
+        nll = f"**{ev['nll']:.2f}**" if r["run"] in best else f"{ev['nll']:.2f}"
+        nll += " (exact)" if lm else f" (IW, {ev['settings']['iw_samples']})"
+        latent = ["–"] * 4 if lm else [f"{ev['kl']:.2f}", f"{ev['mi']:.2f}", f"{ev['au']}/{ev.get('latent_dim', 32)}",
+                                       f"{ev['bleu']:.1f}"]
+        lines.append(f"| {label} | {nll} | {ev['ppl']:.1f} | {' | '.join(latent)} | "
+                     f"{r['train_minutes']:.0f} min, {r['epochs']:.1f} epochs |")
+    return lines
+
+
+def replace_between(text: str, name: str, lines: list[str]) -> str:
+    """``text`` with what lies between <!-- NAME --> and <!-- /NAME --> replaced."""
+    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    if text.count(start) != 1 or text.count(end) != 1:
+        raise SystemExit(f"ptb_full_report: error: README.md needs one {start} ... {end} pair")
+    head, rest = text.split(start)
+    return head + start + "\n" + "\n".join(lines) + "\n" + end + rest.split(end)[1]
+
+
+def update_readme(rows: list[dict], best: tuple[str | None, str | None], output: list[dict]) -> None:
+    """The README's hour-long table and the best VAE's real output, between
+    their markers; the prose around them is written by hand."""
+    readme = ROOT / "README.md"
+    text = replace_between(readme.read_text(), "ptb-full-table", readme_table(rows, best))
+    shown = []
+    for item in output:
+        shown += ["", f"`{item['command']}`", "", "```", *item["output"], "```"]
+    text = replace_between(text, "ptb-full-output", [f"Real output of the best VAE (`{best[1]}` of the hour-long "
+                                                      "runs above):", *shown])
+    readme.write_text(text)
+
+
 def published_table(published: list[dict]) -> list[str]:
     lines = ["| paper | model | NLL | PPL | KL | MI | AU |", "|---|---|---|---|---|---|---|"]
     for p in published:
@@ -178,6 +227,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS), metavar="ROW",
                         help="with --evaluate: these rows only, in this order (default: all)")
+    parser.add_argument("--readme", action="store_true",
+                        help="also rewrite the README's hour-long table and real output (between their markers)")
     args = parser.parse_args()
     if args.evaluate:
         if not (ROOT / args.data).is_dir():  # relative paths are the project root's
@@ -223,7 +274,9 @@ def main() -> None:
                "published": published}
     (ROOT / "results" / "ptb.json").write_text(json.dumps(results, indent=2) + "\n")
     (ROOT / "results" / "ptb.md").write_text("\n".join(lines))
-    print("wrote results/ptb.md and results/ptb.json", file=sys.stderr)
+    if args.readme and vae:
+        update_readme(rows, (lm and lm["run"], vae["run"]), output)
+    print("wrote results/ptb.md and results/ptb.json" + (" and README.md" if args.readme else ""), file=sys.stderr)
 
 
 if __name__ == "__main__":
