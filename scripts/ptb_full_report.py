@@ -95,7 +95,8 @@ def evaluate(runs: Path, samples: int, data: str, device: str, names: list[str])
             continue  # an LM's NLL is exact; or already at K
         if old is not None:
             shutil.copy2(path, run / f"eval_test_k{old['settings']['iw_samples']}.json")
-        command = [sys.executable, "-m", "textvae", "eval", str(run), "--data", data, "--iw-samples", str(samples),
+        where = run.resolve().relative_to(ROOT) if run.resolve().is_relative_to(ROOT) else run  # as recorded
+        command = [sys.executable, "-m", "textvae", "eval", str(where), "--data", data, "--iw-samples", str(samples),
                    "--device", device]
         print(f"$ textvae {' '.join(command[3:])}", file=sys.stderr, flush=True)
         if subprocess.run(command, cwd=ROOT, env=os.environ).returncode != 0:
