@@ -95,7 +95,8 @@ def evaluate(runs: Path, samples: int, data: str, device: str, names: list[str])
             continue  # an LM's NLL is exact; or already at K
         if old is not None:
             shutil.copy2(path, run / f"eval_test_k{old['settings']['iw_samples']}.json")
-        where = run.resolve().relative_to(ROOT) if run.resolve().is_relative_to(ROOT) else run  # as recorded
+        where = Path(os.path.abspath(run))  # recorded in the evaluation: the project's relative path where it can
+        where = where.relative_to(ROOT) if where.is_relative_to(ROOT) else where
         command = [sys.executable, "-m", "textvae", "eval", str(where), "--data", data, "--iw-samples", str(samples),
                    "--device", device]
         print(f"$ textvae {' '.join(command[3:])}", file=sys.stderr, flush=True)
