@@ -7,7 +7,7 @@ import torch
 
 from textvae.config import ObjectiveConfig
 from textvae.latent import DiagonalGaussian, GaussianHead, delta_variance_bounds, standard_normal_log_prob
-from textvae.objectives import VAEOutput, elbo_loss, free_bits_kl, kl_weight, word_dropout
+from textvae.objectives import MMD_SCALES, VAEOutput, elbo_loss, free_bits_kl, kl_weight, mmd_to_normal, word_dropout
 
 
 def gaussian(batch: int = 3, dim: int = 4, seed: int = 0) -> DiagonalGaussian:
@@ -184,3 +184,44 @@ def test_importance_weighted_likelihood_is_above_the_elbo(tiny_model):
     assert iw.shape == elbo.shape == one_sample.shape == (6,)
     assert (iw >= elbo - 0.05).all()
     assert float(iw.mean()) > float(elbo.mean())
+
+
+# ------------------------------------------------------------------ WAE-MMD
+def test_mmd_matches_the_kernel_sums_by_hand():
+    """Tolstikhin et al. 2018, Algorithm 2: the off-diagonal means of k over
+    codes and over prior samples, minus twice the mean across them."""
+    z = torch.tensor([[0.0, 1.0], [2.0, -1.0], [0.5, 0.5]])
+    got = mmd_to_normal(z, generator=torch.Generator().manual_seed(3))
+    prior = torch.randn(z.shape, generator=torch.Generator().manual_seed(3))
+    n, expected = 3, 0.0
+    for scale in MMD_SCALES:
+        c = scale * 2 * 2
+        k = lambda a, b: c / (c + float(((a - b) ** 2).sum()))  # noqa: E731
+        qq = sum(k(z[i], z[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+        pp = sum(k(prior[i], prior[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+        qp = sum(k(z[i], prior[j]) for i in range(n) for j in range(n)) / n**2
+        expected += qq + pp - 2 * qp
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_mmd_is_near_zero_for_prior_codes_and_grows_with_the_mismatch():
+    g = torch.Generator().manual_seed(0)
+    matched = [mmd_to_normal(torch.randn(128, 8, generator=g), generator=g).item() for _ in range(20)]
+    shifted = mmd_to_normal(torch.randn(128, 8, generator=g) + 1.0, generator=g).item()
+    narrow = mmd_to_normal(0.1 * torch.randn(128, 8, generator=g), generator=g).item()
+    assert abs(sum(matched) / len(matched)) < 0.01  # unbiased: 0 in expectation
+    assert shifted > 0.1 and narrow > 0.1
+
+
+def test_the_loss_adds_the_weighted_mmd_and_reports_it():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(16, 4, generator=g) + 2.0
+    out = VAEOutput(rec=torch.full((16,), 5.0), kl=torch.ones(16), kl_per_dim=torch.full((16, 4), 0.25), z=z)
+    config = ObjectiveConfig(free_bits=0.0, mmd_weight=10.0)
+    parts = {}
+    torch.manual_seed(1)
+    loss = elbo_loss(out, 0.5, config, parts)
+    torch.manual_seed(1)
+    assert loss.item() == pytest.approx(5.5 + 10.0 * mmd_to_normal(z).item(), rel=1e-6)
+    assert parts["mmd"] == pytest.approx((loss.item() - 5.5) / 10.0, rel=1e-5) and parts["mmd"] > 0.1
+    assert elbo_loss(out, 0.5, ObjectiveConfig(free_bits=0.0)).item() == pytest.approx(5.5)

@@ -133,6 +133,11 @@ class ObjectiveConfig:
     # a linear head on z (Zhao et al. 2017); it makes z name the sentence's
     # words, whatever the decoder could guess; 0 disables.
     bow_weight: float = 0.0
+    # Weight of the maximum mean discrepancy between the batch's codes and
+    # N(0, I) samples (WAE-MMD, Tolstikhin et al. 2018): pulls the aggregate
+    # posterior onto the prior, so prior samples decode to sentences even
+    # when each code is precise; 0 disables.
+    mmd_weight: float = 0.0
 
     def __post_init__(self) -> None:
         _choice("objective.kl_schedule", self.kl_schedule, ("constant", "linear", "logistic", "cyclical"))
@@ -143,6 +148,7 @@ class ObjectiveConfig:
         _check(0.0 < self.kl_cycle_ratio <= 1.0, "objective.kl_cycle_ratio must be in (0, 1]")
         _check(self.free_bits >= 0.0, "objective.free_bits must be >= 0")
         _check(self.bow_weight >= 0.0, "objective.bow_weight must be >= 0")
+        _check(self.mmd_weight >= 0.0, "objective.mmd_weight must be >= 0")
 
 
 @dataclass

@@ -77,7 +77,7 @@ class TextVAE(BaseVAE):
         kl = kl_per_dim.sum(-1) if kl_per_dim is not None else torch.zeros_like(rec)
         bow = self.bag_of_words_nll(z, targets, mask) if hasattr(self, "bow_head") else None
         return VAEOutput(rec=rec, kl=kl, kl_per_dim=kl_per_dim, mean=mean, logvar=logvar, tokens=mask.sum(1),
-                         bow=bow)
+                         bow=bow, z=z)
 
     def bag_of_words_nll(self, z: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
         """Zhao et al. 2017 ("Learning Discourse-level Diversity for Neural

@@ -28,6 +28,7 @@ class VAEOutput:
     tokens:     (B,) predicted units per example (tokens incl. eos; pixels)
     bow:        (B,) -log p(bag of target tokens | z), the auxiliary loss of
                 Zhao et al. 2017 (text with objective.bow_weight > 0; not in the ELBO)
+    z:          (B, D) the sample of q(z|x) that ``rec`` was computed with
     """
 
     rec: Tensor
@@ -37,6 +38,7 @@ class VAEOutput:
     logvar: Optional[Tensor] = None
     tokens: Optional[Tensor] = None
     bow: Optional[Tensor] = None
+    z: Optional[Tensor] = None
 
     @property
     def elbo(self) -> Tensor:
@@ -111,15 +113,47 @@ def free_bits_kl(kl_per_dim: Tensor, free_bits: float, mode: str) -> Tensor:
     raise ValueError(f"unknown free-bits mode {mode!r}")
 
 
-def elbo_loss(output: VAEOutput, beta: float, config: ObjectiveConfig) -> Tensor:
+def elbo_loss(output: VAEOutput, beta: float, config: ObjectiveConfig, parts: Optional[dict] = None) -> Tensor:
     """Scalar loss: batch mean of rec + beta * (floored) KL (+ the weighted
-    bag-of-words loss), nats per example."""
+    bag-of-words loss), nats per example, + the weighted MMD of the batch's
+    codes; ``parts``, when given, receives that MMD as ``mmd`` (for the log)."""
     if output.kl_per_dim is None:
         return output.rec.mean()
     loss = output.rec + beta * free_bits_kl(output.kl_per_dim, config.free_bits, config.free_bits_mode)
     if output.bow is not None:
         loss = loss + config.bow_weight * output.bow
-    return loss.mean()
+    loss = loss.mean()
+    if config.mmd_weight > 0 and output.z is not None and output.z.shape[0] > 1:
+        mmd = mmd_to_normal(output.z)
+        loss = loss + config.mmd_weight * mmd
+        if parts is not None:
+            parts["mmd"] = float(mmd.detach())
+    return loss
+
+
+def mmd_to_normal(z: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+    """The unbiased estimate of MMD^2 between the codes z (B, D) and as many
+    N(0, I) samples, with the inverse multiquadratic kernel
+    k(a, b) = C / (C + |a - b|^2) summed over scales C = s * 2D, s in SCALES
+    (Tolstikhin et al. 2018, "Wasserstein Auto-Encoders", Algorithm 2 and
+    section 4): a heavy-tailed kernel whose gradient does not vanish for codes
+    far from the prior's samples. A scalar, 0 in expectation when q(z) = p(z).
+    """
+    n, dim = z.shape
+    z = z.float()
+    prior = torch.randn(z.shape, generator=generator, device=z.device)
+    off_diagonal = ~torch.eye(n, dtype=torch.bool, device=z.device)
+    distances = {name: torch.cdist(a, b).pow(2) for name, (a, b) in
+                 {"qq": (z, z), "pp": (prior, prior), "qp": (z, prior)}.items()}  # each (B, B)
+    total = z.new_zeros(())
+    for scale in MMD_SCALES:
+        c = scale * 2.0 * dim
+        k = {name: c / (c + d) for name, d in distances.items()}
+        total = total + (k["qq"][off_diagonal].mean() + k["pp"][off_diagonal].mean() - 2.0 * k["qp"].mean())
+    return total
+
+
+MMD_SCALES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 
 def word_dropout(tokens: Tensor, rate: float, unk_id: int, protected: Tensor,

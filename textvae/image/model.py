@@ -69,7 +69,7 @@ class ConvVAE(BaseVAE):
         kl_per_dim = q.kl_per_dim()  # (B, D)
         tokens = torch.full_like(rec, N_PIXELS, dtype=torch.long)
         return VAEOutput(rec=rec, kl=kl_per_dim.sum(-1), kl_per_dim=kl_per_dim, mean=q.mean, logvar=q.logvar,
-                         tokens=tokens)
+                         tokens=tokens, z=z)
 
     def log_likelihood(self, batch: ImageBatch, z: Tensor) -> Tensor:
         """log p(x|z) for S latent samples per image: z (S, B, D) -> (S, B), nats."""

@@ -213,7 +213,8 @@ class Trainer:
         self.network.train()
         with self.autocast():
             out = self.network(batch)
-            loss = elbo_loss(out, beta, self.objective)
+            parts: dict[str, float] = {}
+            loss = elbo_loss(out, beta, self.objective, parts)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         for param in frozen:
@@ -222,7 +223,7 @@ class Trainer:
         logs = {"loss": float(loss.detach()), "rec": float(out.rec.detach().mean()), "kl": float(out.kl.detach().mean())}
         if out.bow is not None:
             logs["bow"] = float(out.bow.detach().mean())
-        return logs
+        return {**logs, **parts}
 
     # -------------------------------------------------------- validation
     def evaluate(self) -> dict[str, Any]:
