@@ -43,8 +43,9 @@ def build_report(out: Path, report: dict, args) -> dict:
     vae_train, lm_train = _train_summary(out / "vae"), _train_summary(out / "lm")
     fluency = report["fluency"]
     command = (f"python scripts/train_builtin.py --data {args.data} --out {args.out} --budget {args.budget:g} "
-               f"--lm-budget {args.lm_budget:g} --threads {args.threads}")
-    machine = f"{_cpu()}, {args.threads} threads, no GPU"
+               f"--lm-budget {args.lm_budget:g} --threads {args.threads}"
+               + (f" --precision {args.precision}" if args.precision != "fp32" else ""))
+    machine = f"{_cpu()}, {args.threads} threads, {args.precision}, no GPU"
     figures = {
         "exact match (test)": f"{100 * vae_eval['exact_match']:.1f}%",
         "BLEU of reconstructions": f"{vae_eval['bleu']:.1f}",

@@ -70,7 +70,8 @@ def train(args, out: Path, name: str, extra: list[str], budget: float, data: str
         return
     start = time.time()
     textvae("train", "--data", data, "--out", run, "--config", CONFIG, *extra, "--time-budget", budget,
-            "--set", f"train.num_threads={args.threads}", threads=args.threads, log=out / "log.txt")
+            "--set", f"train.num_threads={args.threads}", "--set", f"train.precision={args.precision}",
+            threads=args.threads, log=out / "log.txt")
     (run / "train_wall_seconds.txt").write_text(f"{time.time() - start:.1f}\n")
 
 
@@ -159,6 +160,8 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=50.0, help="VAE training minutes")
     parser.add_argument("--lm-budget", type=float, default=15.0, help="language-model training minutes")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                        help="training precision: bf16 pays on a CPU with AMX (or a GPU), fp32 elsewhere")
     parser.add_argument("--glosses", type=int, default=60000, help="glosses in the training corpus")
     parser.add_argument("--iw-samples", type=int, default=500)
     parser.add_argument("--stages", default="corpus,train,prior,lm,eval,fluency,showcase,export")
