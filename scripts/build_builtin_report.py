@@ -45,7 +45,7 @@ def build_report(out: Path, report: dict, args) -> dict:
     command = (f"python scripts/train_builtin.py --data {args.data} --out {args.out} --budget {args.budget:g} "
                f"--lm-budget {args.lm_budget:g} --threads {args.threads}"
                + (f" --precision {args.precision}" if args.precision != "fp32" else ""))
-    machine = f"{_cpu()}, {args.threads} threads, {args.precision}, no GPU"
+    machine = f"{_cpu()}, {args.threads} thread{'s' if args.threads != 1 else ''}, {args.precision}, no GPU"
     figures = {
         "exact match (test)": f"{100 * vae_eval['exact_match']:.1f}%",
         "BLEU of reconstructions": f"{vae_eval['bleu']:.1f}",
@@ -131,89 +131,11 @@ def _markdown(r: dict) -> str:
         "## Real output",
         "",
     ]
-    tail = [NOTES]
+    tail = [NOTES.read_text()]
     for item in r["showcase"]:
         shown = item["command"] if r["card"]["ships"] else item["command"].replace(" wordnet ", f" {r['run']} ")
         lines += [f"`{shown}`", "", "```", *item["output"], "```", ""]
     return "\n".join(lines + tail)
 
 
-NOTES = """## What was tried before this recipe
-
-All on the same corpus and machine (AMD EPYC, fp32), one thread, greedy
-reconstruction from the posterior mean; exact match on the first 1,000
-validation sentences unless said otherwise:
-
-| recipe | training | exact match |
-|---|---|---|
-| 64-d latent, beta 0.1, BN-VAE gamma 1, dropout 0.1, word dropout 0.2 (earlier session) | 50 min, 19 epochs | 7.8% (test) |
-| 64-d, beta 0.02, no word dropout | 10 min | 2.2% |
-| 128-d, beta 0.02, no word dropout | 10 min | 2.8% |
-| 128-d, beta 0.005, no dropout, Adam 3e-3 | 10 min | 10.2% |
-| the same, Transformer encoder and decoder (3 + 3 layers, 8 memory vectors) | 10 min | 0.1% |
-| 128-d, beta 0.005, no dropout, Adam 3e-3, example sentences only | 26 min, 9.6 epochs | 20.5% |
-| the same with lemmas and glosses (this model) | 15 min, 1.2 epochs | 26.8% |
-
-On the example sentences alone the model memorised its training set
-(training reconstruction 7.3 nats, validation 24.8 and flat): WordNet's
-examples illustrate rare words, and a sentence with a word the model has
-never seen cannot be spelt back. The dictionary's lemmas and glosses fix
-that: validation reconstruction passed the example-only run's best within
-one epoch. The best weights are chosen by the training objective (rec +
-beta KL); the -ELBO would keep the first steps' weights for beta < 1.
-
-## What the run of 2026-12-01 shows, and what is next
-
-- Faithful, not yet enough: 35.7% of the test split back exactly (BLEU
-  31.9); 49.9% of its first 1,000 sentences and 54.1% of the first 1,000
-  validation sentences, since the split runs from short adjective phrases
-  to longer verb examples. Validation reconstruction was still falling at
-  the end of the hour (4.7 epochs; 12.95 nats at step 20,000), so more
-  epochs (both threads, or a cheaper step) are the first lever.
-- Not fluent: a code of 260 nats (beta 0.005) makes the posteriors points,
-  and a 64-component mixture over 128 dimensions does not find the regions
-  between them that decode to sentences: mixture samples score 10.13 nats
-  per word under the LM against the test sentences' 7.23 (N(0, I): 11.84),
-  and the two-stage model's IW-NLL is 239 nats against the LM's 50.3, the
-  price of posteriors that narrow. Interpolations between two sentences
-  start and end at them (both showcase pairs above). Next: a smaller code
-  (a KL target of about 60-80 nats, the information a sentence holds under
-  the LM plus margin), so that the decoder learns to read the neighbourhood
-  of each code, and a stronger second stage (a flow over the means).
-
-## Where it fails, and two more probes (a later session, same machine)
-
-`python scripts/builtin_diagnostics.py runs/builtin3` (output in
-`results/builtin_diagnostics.json`) splits the test split's exact matches:
-
-| words in the sentence | 1-2 | 3-5 | 6-8 | 9-11 | 12+ |
-|---|---|---|---|---|---|
-| sentences | 287 | 915 | 752 | 318 | 132 |
-| exact | 86.8% | 54.9% | 13.8% | 1.3% | 0% |
-
-and by words that no training sentence has: none 43.0% (1,548 sentences),
-one 26.0% (720), two 6.2% (112), three or more 0% (24). Half the failures
-are five or more words off; the near misses swap two words ("jacob a was
-hairy man") or misspell a rare one ("christ is renis!"). The code holds
-short sentences; past six words it holds the words more than their order.
-
-Shrinking the mixture's covariances (z = mu_k + tau L_k eps, 300 greedy
-samples) lowers the samples' NLL under the LM from 9.33 nats per word
-(tau 1) to 8.45, 7.81 and 7.27 (tau 0.7, 0.5, 0.3; test sentences 7.23),
-none a training sentence, but they still invent words ("the romasy in the
-hathement"): the LM's figure alone does not make them fluent, so no
-temperature is offered as a fix.
-
-Two 1-thread probes of the recipe's 60-minute schedule, stopped early (exact
-match on the first 1,000 validation sentences):
-
-| change | stopped at | exact match | the recipe at the same step |
-|---|---|---|---|
-| decoder and embeddings 512 wide (8.2M parameters) | step 1,000 (validation rec 48.0 nats) | – | rec 46.3, at 2.3 times less time a step |
-| beta 0.001 (KL 428 nats) | step 5,000 (1.1 epochs) | 22.7% | 21.2% (beta 0.005, KL 297) |
-
-Neither changes the picture: a wider decoder costs more time than it gives
-back early, and a code 130 nats richer buys 1.5 points. More epochs are
-still the lever for exactness (both threads for the hour), and a smoother
-latent for fluency.
-"""
+NOTES = Path(__file__).with_name("builtin_notes.md")  # what was tried and what it gave, written by hand
