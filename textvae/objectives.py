@@ -134,7 +134,7 @@ def elbo_loss(output: VAEOutput, beta: float, config: ObjectiveConfig, parts: Op
 def mmd_to_normal(z: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
     """The unbiased estimate of MMD^2 between the codes z (B, D) and as many
     N(0, I) samples, with the inverse multiquadratic kernel
-    k(a, b) = C / (C + |a - b|^2) summed over scales C = s * 2D, s in SCALES
+    k(a, b) = C / (C + |a - b|^2) summed over scales C = s * 2D, s in MMD_SCALES
     (Tolstikhin et al. 2018, "Wasserstein Auto-Encoders", Algorithm 2 and
     section 4): a heavy-tailed kernel whose gradient does not vanish for codes
     far from the prior's samples. A scalar, 0 in expectation when q(z) = p(z).
