@@ -4,7 +4,7 @@
         --set objective.mmd_weight=10 [--lm runs/builtin3/lm]
 
 Trains configs/builtin/wordnet.yaml (with the --set changes) on the corpus of
-scripts/train_builtin.py under the recipe's 60-minute schedule at one thread,
+scripts/train_builtin.py under the recipe's 60-minute schedule (one thread unless --threads),
 stops it (as Ctrl-C does) right after the validation at --steps, and prints
 the validation reconstruction there, the exact match of greedy
 reconstructions of the first 1,000 validation sentences and, with --lm, the
@@ -38,11 +38,11 @@ def train_until(args) -> float:
     if reached():
         return reached()[0]["rec"]
     command = [sys.executable, "-m", "textvae", "train", "--data", args.corpus, "--out", args.out,
-               "--config", "configs/builtin/wordnet.yaml", "--time-budget", "60", "--set", "train.num_threads=1"]
+               "--config", "configs/builtin/wordnet.yaml", "--time-budget", "60", "--set", f"train.num_threads={args.threads}"]
     for change in args.set:
         command += ["--set", change]
     print("$ textvae " + " ".join(command[3:]), file=sys.stderr, flush=True)
-    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
     try:
         while process.poll() is None:
             time.sleep(5)
@@ -62,6 +62,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--steps", type=int, default=5000)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--lm", help="a language model run of the example sentences (train_builtin.py's OUT/lm)")
     parser.add_argument("--valid", default="data/wordnet/valid.txt")
     args = parser.parse_args()
@@ -72,7 +73,7 @@ def main() -> None:
     from textvae.model import TextVAE
     from textvae.prior import StandardNormalPrior
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     vae = TextVAE.from_pretrained(ROOT / args.out)
     lines = (ROOT / args.valid).read_text().splitlines()[:1000]
     norm = lambda s: " ".join(s.lower().split())  # noqa: E731
