@@ -1,11 +1,12 @@
-"""A short probe of a change to the built-in model's recipe.
+r"""A short probe of a change to the built-in model's recipe.
 
     python scripts/builtin_probe.py --corpus runs/builtin3/corpus --out runs/probe8/mmd10 \
         --set objective.mmd_weight=10 [--lm runs/builtin3/lm]
 
 Trains configs/builtin/wordnet.yaml (with the --set changes) on the corpus of
-scripts/train_builtin.py under the recipe's 60-minute schedule (one thread unless --threads),
-stops it (as Ctrl-C does) right after the validation at --steps, and prints
+scripts/train_builtin.py under the recipe's 60-minute schedule (one thread
+unless --threads), stops it (as Ctrl-C does) right after the validation at
+--steps, and prints
 the validation reconstruction there, the exact match of greedy
 reconstructions of the first 1,000 validation sentences and, with --lm, the
 NLL per word under that LM of 500 greedy N(0, I) samples (scripts/
