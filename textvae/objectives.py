@@ -116,12 +116,15 @@ def free_bits_kl(kl_per_dim: Tensor, free_bits: float, mode: str) -> Tensor:
 def elbo_loss(output: VAEOutput, beta: float, config: ObjectiveConfig, parts: Optional[dict] = None) -> Tensor:
     """Scalar loss: batch mean of rec + beta * (floored) KL (+ the weighted
     bag-of-words loss), nats per example, + the weighted MMD of the batch's
-    codes; ``parts``, when given, receives that MMD as ``mmd`` (for the log)."""
+    codes; ``parts``, when given, receives the batch's ``bow`` and ``mmd``
+    (for the log)."""
     if output.kl_per_dim is None:
         return output.rec.mean()
     loss = output.rec + beta * free_bits_kl(output.kl_per_dim, config.free_bits, config.free_bits_mode)
     if output.bow is not None:
         loss = loss + config.bow_weight * output.bow
+        if parts is not None:
+            parts["bow"] = float(output.bow.detach().mean())
     loss = loss.mean()
     if config.mmd_weight > 0 and output.z is not None and output.z.shape[0] > 1:
         mmd = mmd_to_normal(output.z)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 
+from ..errors import TextVAEError
+from . import distributed
 from .policies import Policy
 from .state import AggressiveState
 
@@ -28,6 +30,8 @@ class AggressivePhase(Policy):
     ends it after a validation (``after_validation``)."""
 
     def __init__(self, trainer) -> None:
+        if distributed.is_distributed():
+            raise TextVAEError("train.aggressive does not run with several processes")
         super().__init__(trainer)
         model = trainer.model
         self.encoder_params = [p for name, p in model.named_parameters() if not name.startswith("decoder.")]

@@ -25,7 +25,6 @@ import torch
 from torch import nn
 
 from ..config import ObjectiveConfig, TrainConfig
-from ..errors import TextVAEError
 from ..evaluation.elbo import evaluate_elbo
 from ..objectives import elbo_loss, kl_weight, selection_loss
 from ..run_folder import WEIGHTS_FILE, append_metrics, find_checkpoint, save_weights, truncate_metrics
@@ -66,8 +65,6 @@ class Trainer:
         self.signals = StopSignals()
         self.step_fn, self.aggressive = self.train_step, None
         if train_config.aggressive:
-            if distributed.is_distributed():
-                raise TextVAEError("train.aggressive does not run with several processes")
             self.aggressive = AggressivePhase(self)
             self.step_fn = self.aggressive.step
         self.collapse_monitor, self.guard = CollapseMonitor(self), FiniteGuard(self)
@@ -109,9 +106,7 @@ class Trainer:
                     self.checkpoint()
         except _Stop:
             pass
-        if self.signals.agreed is None and self.signals.poll():
-            # The signal came after the last step's poll (during the final
-            # validation or checkpoint): the user asked to stop, so stop here.
+        if self.signals.agreed is None and self.signals.poll():  # one during the final validation or checkpoint
             self._report_stop()
         if not self.interrupted:
             self._finish()
@@ -206,10 +201,9 @@ class Trainer:
         self._apply_lr()
 
     def train_step(self, batch, beta: float, frozen: tuple = ()) -> dict[str, float]:
-        """One optimiser step on the (floored, weighted) negative ELBO, skipped
-        if the loss or gradient is not finite (``guard.py``). The ``frozen``
-        parameters get no gradient, so the optimiser leaves them as they are
-        (aggressive training updates encoder and decoder apart)."""
+        """One optimiser step on ``objectives.elbo_loss``, skipped if the loss or gradient is not finite
+        (``guard.py``); the ``frozen`` parameters get no gradient (aggressive training updates encoder
+        and decoder apart)."""
         self.network.train()
         with self.autocast():
             out = self.network(batch)
@@ -220,10 +214,8 @@ class Trainer:
         for param in frozen:
             param.grad = None
         self.guard.step(loss)
-        logs = {"loss": float(loss.detach()), "rec": float(out.rec.detach().mean()), "kl": float(out.kl.detach().mean())}
-        if out.bow is not None:
-            logs["bow"] = float(out.bow.detach().mean())
-        return {**logs, **parts}
+        return {"loss": float(loss.detach()), "rec": float(out.rec.detach().mean()), "kl": float(out.kl.detach().mean()),
+                **parts}
 
     # -------------------------------------------------------- validation
     def evaluate(self) -> dict[str, Any]:
