@@ -26,10 +26,10 @@ def poison(monkeypatch, trainer, bad_steps):
     """Make the loss NaN at the (1-based) ``bad_steps``; returns the weights seen at the start of each step."""
     real, seen = trainer_module.elbo_loss, {}
 
-    def loss(out, beta, objective):
+    def loss(out, beta, objective, parts=None):
         step = trainer.state.step + 1
         seen[step] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-        value = real(out, beta, objective)
+        value = real(out, beta, objective, parts)
         return value * float("nan") if step in bad_steps else value
 
     monkeypatch.setattr(trainer_module, "elbo_loss", loss)
