@@ -184,11 +184,17 @@ def test_an_interrupt_during_start_up(shared_corpus, tmp_path, sig):
     The child is frozen (SIGSTOP) for each look at its memory map, so the
     signal lands where the look saw it, however starved this test process is
     (a child left running could finish its tiny training between the look
-    and the signal)."""
+    and the signal); and it must have become the command (its cmdline), for
+    between fork and exec it is a copy of this process, torch mapped, and a
+    signal caught there vanishes with the exec. The child starts with SIGINT
+    at its default: a test run in the background (`pytest &`) inherits it
+    ignored, as the shell wants, and Python then never turns it into
+    KeyboardInterrupt."""
     run = tmp_path / "run"
-    process = subprocess.Popen([sys.executable, "-m", "textvae", "train", "--data", str(shared_corpus), "--out",
-                                str(run), *TINY_FLAGS], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
-    proc = Path(f"/proc/{process.pid}")
+    args = [sys.executable, "-m", "textvae", "train", "--data", str(shared_corpus), "--out", str(run), *TINY_FLAGS]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc, command = Path(f"/proc/{process.pid}"), "\0".join(args).encode() + b"\0"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and process.poll() is None:
         process.send_signal(signal.SIGSTOP)
@@ -196,7 +202,7 @@ def test_an_interrupt_during_start_up(shared_corpus, tmp_path, sig):
             time.sleep(0.001)
         if process.poll() is not None:
             break
-        seen = "libtorch" in (proc / "maps").read_text()
+        seen = (proc / "cmdline").read_bytes() == command and "libtorch" in (proc / "maps").read_text()
         if seen:
             process.send_signal(sig)  # pending until the child runs again
         process.send_signal(signal.SIGCONT)
