@@ -13,11 +13,12 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from textvae.config import ObjectiveConfig
 from textvae.data import TextBatches, collate, tokenize_split
 from textvae.model import TextVAE, decoder_io
-from textvae.objectives import VAEOutput, elbo_loss
+from textvae.objectives import VAEOutput, elbo_loss, mmd_to_normal
 from textvae.training.trainer import Trainer
 
 from conftest import TRAIN, VALID, tiny_config
@@ -218,8 +219,6 @@ def test_training_with_the_bag_of_words_loss_lowers_it_and_keeps_the_head(word_t
     trainer.fit()
     bow = [r["bow"] for r in train_records(tmp_path / "run")]
     assert len(bow) == 4 and bow[-1] < 0.9 * bow[0]
-    from safetensors.torch import load_file
-
     saved = load_file(tmp_path / "run" / "model.safetensors")  # the head is kept with the weights
     assert saved["bow_head.weight"].shape == (word_tokenizer.vocab_size, 4)
 
@@ -229,8 +228,6 @@ def test_the_mmd_term_pulls_an_autoencoders_codes_onto_the_prior(word_tokenizer,
     """With no KL (an autoencoder), the codes drift wherever reconstruction
     likes; the MMD term (Tolstikhin et al. 2018) brings their distribution to
     N(0, I), measured on the validation sentences' codes."""
-    from textvae.objectives import mmd_to_normal
-
     mismatch = {}
     for weight in (0.0, 20.0):
         trainer = make_trainer(word_tokenizer, tmp_path / f"run{weight}", max_steps=60, epochs=100, log_every=20,
