@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from train_builtin import CONFIG, ROOT, nll_per_word  # scripts/ beside this file
 
 
 def train_until(args) -> float:
@@ -39,7 +39,7 @@ def train_until(args) -> float:
     if reached():
         return reached()[0]["rec"]
     command = [sys.executable, "-m", "textvae", "train", "--data", args.corpus, "--out", args.out,
-               "--config", "configs/builtin/wordnet.yaml", "--time-budget", "60", "--set", f"train.num_threads={args.threads}"]
+               "--config", CONFIG, "--time-budget", "60", "--set", f"train.num_threads={args.threads}"]
     for change in args.set:
         command += ["--set", change]
     print("$ textvae " + " ".join(command[3:]), file=sys.stderr, flush=True)
@@ -71,20 +71,17 @@ def main() -> None:
 
     import torch
 
+    from textvae.evaluation.text_eval import exact_match
     from textvae.model import TextVAE
     from textvae.prior import StandardNormalPrior
 
     torch.set_num_threads(args.threads)
     vae = TextVAE.from_pretrained(ROOT / args.out)
     lines = (ROOT / args.valid).read_text().splitlines()[:1000]
-    norm = lambda s: " ".join(s.lower().split())  # noqa: E731
-    exact = sum(norm(a) == norm(b) for a, b in zip(lines, vae.reconstruct(lines)))
-    print(f"{args.out}: validation rec {rec:.2f} at step {args.steps}; exact {exact}/{len(lines)} "
-          f"= {100 * exact / len(lines):.1f}%")
+    exact = exact_match(vae.reconstruct(lines), lines)
+    print(f"{args.out}: validation rec {rec:.2f} at step {args.steps}; exact match {100 * exact:.1f}% "
+          f"of {len(lines):,}")
     if args.lm:
-        sys.path.insert(0, str(Path(__file__).parent))
-        from train_builtin import nll_per_word
-
         lm = TextVAE.from_pretrained(ROOT / args.lm)
         vae.prior = StandardNormalPrior(vae.latent_dim)
         samples = vae.sample(500, seed=0, strategy="greedy")
