@@ -33,33 +33,33 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from textvae.training.info import run_info  # noqa: E402
 BASE = "textvae train --data ../shared/data/ptb --out runs/ptb-full/{name} --config ptb-lstm --config configs/ptb/full.yaml"
-ROWS = {  # name: (what, extra training flags)
-    "lm": ("LSTM language model (no latent)", "--config configs/ptb/lm.yaml"),
+ROWS = {  # name: (what, the README's short label, extra training flags)
+    "lm": ("LSTM language model (no latent)", "lm", "--config configs/ptb/lm.yaml"),
     # A recipe probe, not a row of the published table: less dropout for a short budget.
-    "lm-dropout-0.3": ("LSTM language model, dropout 0.3 instead of 0.5",
+    "lm-dropout-0.3": ("LSTM language model, dropout 0.3 instead of 0.5", "lm, dropout 0.3",
                        "--config configs/ptb/lm.yaml --set model.dropout=0.3"),
-    "vae": ("VAE, no remedy", "--config configs/ptb/vae.yaml"),
+    "vae": ("VAE, no remedy", "vae (no remedy)", "--config configs/ptb/vae.yaml"),
     # The annealing rows reach weight 1 after 4 epochs (5,260 steps of 32), not
     # the configs' 10: an hour at one thread is about 8.5 epochs here.
-    "anneal": ("KL annealing, linear 0.1 -> 1 over 4 epochs",
+    "anneal": ("KL annealing, linear 0.1 -> 1 over 4 epochs", "anneal (4 epochs)",
                "--config configs/ptb/anneal.yaml --set objective.kl_warmup_steps=5260"),
-    "anneal-wdrop": ("annealing over 4 epochs + word dropout 0.5",
+    "anneal-wdrop": ("annealing over 4 epochs + word dropout 0.5", "anneal-wdrop",
                      "--config configs/ptb/anneal-wdrop.yaml --set objective.kl_warmup_steps=5260"),
-    "cyclical": ("cyclical annealing, 4 cycles (Fu et al. 2019)", "--config configs/ptb/cyclical.yaml"),
-    "free-bits": ("free bits 0.25 nats/dim (batch level)", "--config configs/ptb/free-bits.yaml"),
+    "cyclical": ("cyclical annealing, 4 cycles (Fu et al. 2019)", "cyclical (4 cycles)", "--config configs/ptb/cyclical.yaml"),
+    "free-bits": ("free bits 0.25 nats/dim (batch level)", "free-bits 0.25", "--config configs/ptb/free-bits.yaml"),
     # The aggressive phase checks MI every 100 steps (He et al.: once an epoch)
     # and lasts at most 200 steps: each costs about 40 ordinary ones.
-    "aggressive": ("aggressive encoder training (at most 200 steps) + annealing over 4 epochs (He et al. 2019)",
+    "aggressive": ("aggressive encoder training (at most 200 steps) + annealing over 4 epochs (He et al. 2019)", "aggressive (phase capped at 200 steps)",
                    "--config configs/ptb/aggressive.yaml --set objective.kl_warmup_steps=5260 "
                    "--set train.aggressive_eval_every=100 --set train.aggressive_max_steps=200"),
-    "ae-fb": ("AE pretraining (2 epochs), fresh decoder, free bits (Li et al. 2019)",
+    "ae-fb": ("AE pretraining (2 epochs), fresh decoder, free bits (Li et al. 2019)", "ae-fb: AE pretraining (2 epochs) + free bits",
               "--config configs/ptb/ae-fb.yaml --set train.ae_pretrain_epochs=2"),
-    "bn-vae": ("BN-VAE, gamma 0.7 (Zhu et al. 2020)",
+    "bn-vae": ("BN-VAE, gamma 0.7 (Zhu et al. 2020)", "bn-vae, gamma 0.7",
                "--config configs/ptb/bn-vae.yaml --set model.bn_vae_gamma=0.7"),
     # The two VAE rows that keep their latent in use, again with the probe's dropout 0.3.
-    "ae-fb-d0.3": ("ae-fb with dropout 0.3",
+    "ae-fb-d0.3": ("ae-fb with dropout 0.3", "ae-fb, dropout 0.3",
                    "--config configs/ptb/ae-fb.yaml --set train.ae_pretrain_epochs=2 --set model.dropout=0.3"),
-    "bn-vae-d0.3": ("bn-vae with dropout 0.3",
+    "bn-vae-d0.3": ("bn-vae with dropout 0.3", "bn-vae, dropout 0.3",
                     "--config configs/ptb/bn-vae.yaml --set model.bn_vae_gamma=0.7 --set model.dropout=0.3"),
 }
 TRAIN_FLAGS = "--time-budget 60 --set train.num_threads=1"
@@ -67,7 +67,7 @@ NOTES = Path(__file__).with_name("ptb_full_notes.md")  # what was tried and what
 
 
 def row(name: str, runs: Path) -> dict:
-    what, flags = ROWS[name]
+    what, _, flags = ROWS[name]
     run = runs / name
     result = {"run": name, "what": what,
               "train_command": f"{BASE.format(name=name)} {flags} {TRAIN_FLAGS}"}
@@ -165,19 +165,12 @@ def table(rows: list[dict]) -> list[str]:
     return lines
 
 
-README_LABELS = {  # the README's short names for the rows
-    "lm": "lm", "lm-dropout-0.3": "lm, dropout 0.3", "vae": "vae (no remedy)", "anneal": "anneal (4 epochs)",
-    "anneal-wdrop": "anneal-wdrop", "cyclical": "cyclical (4 cycles)", "free-bits": "free-bits 0.25",
-    "aggressive": "aggressive (phase capped at 200 steps)", "ae-fb": "ae-fb: AE pretraining (2 epochs) + free bits",
-    "bn-vae": "bn-vae, gamma 0.7", "ae-fb-d0.3": "ae-fb, dropout 0.3", "bn-vae-d0.3": "bn-vae, dropout 0.3",
-}
-
 
 def readme_table(rows: list[dict], best: tuple[str | None, str | None]) -> list[str]:
     """The README's shorter table: the best LM and VAE in bold."""
     lines = ["| run | test NLL | PPL | KL | MI | AU | BLEU | training |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        label = README_LABELS[r["run"]]
+        label = ROWS[r["run"]][1]
         if r["status"] != "done":
             lines.append(f"| {label} | {r['status']} |" + " |" * 6)
             continue
@@ -200,16 +193,21 @@ def replace_between(text: str, name: str, lines: list[str]) -> str:
     return head + start + "\n" + "\n".join(lines) + "\n" + end + rest.split(end)[1]
 
 
+def output_block(output: list[dict]) -> list[str]:
+    """Each showcase command and what it printed, as markdown."""
+    lines = []
+    for item in output:
+        lines += [f"`{item['command']}`", "", "```", *item["output"], "```", ""]
+    return lines
+
+
 def update_readme(rows: list[dict], best: tuple[str | None, str | None], output: list[dict]) -> None:
     """The README's hour-long table and the best VAE's real output, between
     their markers; the prose around them is written by hand."""
     readme = ROOT / "README.md"
     text = replace_between(readme.read_text(), "ptb-full-table", readme_table(rows, best))
-    shown = []
-    for item in output:
-        shown += ["", f"`{item['command']}`", "", "```", *item["output"], "```"]
-    text = replace_between(text, "ptb-full-output", [f"Real output of the best VAE (`{best[1]}` of the hour-long "
-                                                      "runs above):", *shown])
+    header = f"Real output of the best VAE (`{best[1]}` of the hour-long runs above):"
+    text = replace_between(text, "ptb-full-output", [header, "", *output_block(output)][:-1])
     readme.write_text(text)
 
 
@@ -268,17 +266,16 @@ def main() -> None:
         lines.append(f"- `{r['run']}`: `{r['train_command']}`"
                      + (f" then `{r['eval_command']}`" if r.get("eval_command") else ""))
     if output:
-        lines += ["", f"## Real output of the best VAE (`{vae['run']}`)", ""]
-        for item in output:
-            lines += [f"`{item['command']}`", "", "```", *item["output"], "```", ""]
+        lines += ["", f"## Real output of the best VAE (`{vae['run']}`)", "", *output_block(output)]
     lines += ["", NOTES.read_text()]
     results = {"rows": rows, "best_lm": lm and lm["run"], "best_vae": vae and vae["run"], "showcase": output,
                "published": published}
     (ROOT / "results" / "ptb.json").write_text(json.dumps(results, indent=2) + "\n")
     (ROOT / "results" / "ptb.md").write_text("\n".join(lines))
-    if args.readme and vae:
+    readme = bool(args.readme and vae)  # the README shows a VAE's output
+    if readme:
         update_readme(rows, (lm and lm["run"], vae["run"]), output)
-    print("wrote results/ptb.md and results/ptb.json" + (" and README.md" if args.readme else ""), file=sys.stderr)
+    print("wrote results/ptb.md and results/ptb.json" + (" and README.md" if readme else ""), file=sys.stderr)
 
 
 if __name__ == "__main__":
