@@ -45,14 +45,17 @@ ROWS = {  # name: (what, the README's short label, extra training flags)
                "--config configs/ptb/anneal.yaml --set objective.kl_warmup_steps=5260"),
     "anneal-wdrop": ("annealing over 4 epochs + word dropout 0.5", "anneal-wdrop",
                      "--config configs/ptb/anneal-wdrop.yaml --set objective.kl_warmup_steps=5260"),
-    "cyclical": ("cyclical annealing, 4 cycles (Fu et al. 2019)", "cyclical (4 cycles)", "--config configs/ptb/cyclical.yaml"),
+    "cyclical": ("cyclical annealing, 4 cycles (Fu et al. 2019)", "cyclical (4 cycles)",
+                 "--config configs/ptb/cyclical.yaml"),
     "free-bits": ("free bits 0.25 nats/dim (batch level)", "free-bits 0.25", "--config configs/ptb/free-bits.yaml"),
     # The aggressive phase checks MI every 100 steps (He et al.: once an epoch)
     # and lasts at most 200 steps: each costs about 40 ordinary ones.
-    "aggressive": ("aggressive encoder training (at most 200 steps) + annealing over 4 epochs (He et al. 2019)", "aggressive (phase capped at 200 steps)",
+    "aggressive": ("aggressive encoder training (at most 200 steps) + annealing over 4 epochs (He et al. 2019)",
+                   "aggressive (phase capped at 200 steps)",
                    "--config configs/ptb/aggressive.yaml --set objective.kl_warmup_steps=5260 "
                    "--set train.aggressive_eval_every=100 --set train.aggressive_max_steps=200"),
-    "ae-fb": ("AE pretraining (2 epochs), fresh decoder, free bits (Li et al. 2019)", "ae-fb: AE pretraining (2 epochs) + free bits",
+    "ae-fb": ("AE pretraining (2 epochs), fresh decoder, free bits (Li et al. 2019)",
+              "ae-fb: AE pretraining (2 epochs) + free bits",
               "--config configs/ptb/ae-fb.yaml --set train.ae_pretrain_epochs=2"),
     "bn-vae": ("BN-VAE, gamma 0.7 (Zhu et al. 2020)", "bn-vae, gamma 0.7",
                "--config configs/ptb/bn-vae.yaml --set model.bn_vae_gamma=0.7"),
