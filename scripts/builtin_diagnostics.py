@@ -2,9 +2,11 @@
 reconstructions on the test split by sentence length and by the number of
 words no training sentence has, and how its mixture prior's samples read
 under the language model as the mixture's covariances are shrunk
-(a sampling temperature: z = mu_k + tau * L_k eps).
+(a sampling temperature: z = mu_k + tau * L_k eps). With ``--refine N,M``
+the exact match and BLEU again with each mean refined by N, M steps
+(semi-amortized inference, textvae/inference.py), with their seconds.
 
-    python scripts/builtin_diagnostics.py runs/builtin3 [--data data/wordnet] [--samples 300]
+    python scripts/builtin_diagnostics.py runs/builtin3 [--data data/wordnet] [--samples 300] [--refine 10,30]
 
 RUN is a train_builtin.py output folder (RUN/vae, RUN/lm). Prints JSON.
 """
@@ -13,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import json
 import sys
+import time
 from pathlib import Path
 
 import textvae  # noqa: F401  (first: its OpenMP defaults precede torch)
@@ -24,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_builtin import nll_per_word  # noqa: E402
 
 from textvae.evaluation.text_eval import exact_match  # noqa: E402
+from textvae.evaluation.text_metrics import corpus_bleu  # noqa: E402
 from textvae.model import TextVAE  # noqa: E402
 from textvae.operations import decode  # noqa: E402
 
@@ -42,6 +47,7 @@ def main() -> None:
     parser.add_argument("--data", default="data/wordnet")
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--refine", default="", help="comma-separated refinement steps to measure as well")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     vae, lm = TextVAE.from_pretrained(Path(args.run) / "vae"), TextVAE.from_pretrained(Path(args.run) / "lm")
@@ -54,6 +60,17 @@ def main() -> None:
     result = {"run": args.run, "exact": round(exact_match(outputs, test), 3),
               "exact_by_words": by_group(test, outputs, length),
               "exact_by_words_unseen_in_training": by_group(test, outputs, unseen)}
+    result["refined"] = {}
+    limit = vae.config.data.max_length  # BLEU against the tokenised text, as `textvae eval` scores it
+    references = [vae.tokenizer.decode(vae.tokenizer.encode(t)[:limit]) for t in test]
+    for steps in [int(n) for n in args.refine.split(",") if n.strip()]:
+        vae.config.objective = dataclasses.replace(vae.config.objective, refine_steps=steps)
+        start = time.perf_counter()
+        refined = vae.reconstruct(test, strategy="greedy")
+        result["refined"][str(steps)] = {
+            "exact": round(exact_match(refined, test), 3), "bleu": round(corpus_bleu(refined, references)[0], 1),
+            "seconds": round(time.perf_counter() - start, 1), "threads": args.threads,
+            "exact_by_words": by_group(test, refined, length)}
     prior, training = vae.prior, set(" ".join(t.lower().split()) for t in (data / "train.txt").read_text().splitlines())
     result["mixture_temperature"] = {}
     for tau in (1.0, 0.7, 0.5, 0.3):

@@ -4,7 +4,9 @@ evaluation use, and persistence in a run folder (as Hugging Face's
 
 A model offers ``forward(batch) -> VAEOutput`` (per-example terms in nats),
 ``posterior(batch) -> DiagonalGaussian`` and ``log_likelihood(batch, z)``
-(the importance-weighted NLL), and ``reset_decoder()`` (AE pretraining). A
+(the importance-weighted NLL), and ``reset_decoder()`` (AE pretraining);
+``infer(batch)``, the posterior that using a model starts from, is written
+here once. A
 subclass names its ``KIND`` (``config.json``'s kind), its ``CONFIG_CLASS``, and
 how to rebuild itself from a run folder's other files (``from_folder``) and
 save them (``save_files``); saving and loading the weights and checking the
@@ -21,6 +23,8 @@ from torch import nn
 
 from .builtin import resolve_run
 from .errors import TextVAEError
+from .inference import refine_posterior
+from .latent import DiagonalGaussian
 from .run_folder import CONFIG_FILE, WEIGHTS_FILE, check_run_dir, load_weights, save_weights
 
 
@@ -42,6 +46,13 @@ class BaseVAE(nn.Module):
     def require_latent(self) -> None:
         if not self.has_latent:
             raise TextVAEError("this model is a language model (latent_dim=0): it has no latent space")
+
+    def infer(self, batch) -> DiagonalGaussian:
+        """q(z|x) for putting the model to use: the encoder's posterior with
+        each mean refined by ``objective.refine_steps`` steps (inference.py)."""
+        objective = self.config.objective
+        return refine_posterior(self, batch, self.posterior(batch), objective.refine_steps, objective.refine_lr,
+                                objective.kl_weight)
 
     def reset_decoder(self) -> None:
         """Fresh decoder weights (Li et al. 2019: after autoencoder pretraining)."""

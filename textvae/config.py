@@ -138,6 +138,12 @@ class ObjectiveConfig:
     # posterior onto the prior, so prior samples decode to sentences even
     # when each code is precise; 0 disables.
     mmd_weight: float = 0.0
+    # Semi-amortized inference (inference.py, Kim et al. 2018): when the model
+    # is put to use (encode, reconstruct, interpolate, the evaluation's
+    # reconstructions), each example's posterior mean takes refine_steps Adam
+    # steps of rate refine_lr on its own objective; 0 keeps the encoder's mean.
+    refine_steps: int = 0
+    refine_lr: float = 0.05
 
     def __post_init__(self) -> None:
         _choice("objective.kl_schedule", self.kl_schedule, ("constant", "linear", "logistic", "cyclical"))
@@ -149,6 +155,8 @@ class ObjectiveConfig:
         _check(self.free_bits >= 0.0, "objective.free_bits must be >= 0")
         _check(self.bow_weight >= 0.0, "objective.bow_weight must be >= 0")
         _check(self.mmd_weight >= 0.0, "objective.mmd_weight must be >= 0")
+        _check(self.refine_steps >= 0, "objective.refine_steps must be >= 0")
+        _check(self.refine_lr > 0.0, "objective.refine_lr must be > 0")
 
 
 @dataclass

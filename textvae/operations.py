@@ -82,7 +82,7 @@ def sample(model, n: int = 10, strategy: str = "sample", seed: Optional[int] = N
 def encode(model, texts: list[str]) -> DiagonalGaussian:
     """q(z|x) of each text: mean and logvar (N, D)."""
     model.eval()
-    return model.posterior(model.batch(texts))
+    return model.infer(model.batch(texts))
 
 
 @torch.no_grad()
@@ -97,7 +97,7 @@ def reconstruct_batch(model, batch: TextBatch, strategy: str = "greedy", use_mea
     """Decode each sentence of a tokenised batch (on the model's device) from
     its posterior mean, or a posterior sample with ``use_mean=False``."""
     model.eval()
-    q = model.posterior(batch)
+    q = model.infer(batch)
     generator = _generator(model, seed)
     z = q.mean if use_mean else q.sample(generator=generator)
     settings = _settings(model, strategy, max_length, **options)

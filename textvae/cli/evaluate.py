@@ -12,6 +12,7 @@ from ..errors import TextVAEError
 from ..evaluation.results import compare_table, read_run_result
 from ..run_folder import check_output_file, eval_file, write_json_atomic
 from .args import seed
+from .use import add_refine, set_refine
 
 log = logging.getLogger("textvae")
 
@@ -30,6 +31,7 @@ def register(commands) -> None:
                    help="bf16 autocast: several times faster on CPUs with AMX (checked against fp32 by the tests)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", metavar="FILE", help="also write the results here")
+    add_refine(p)
     p.set_defaults(handler=_eval)
 
     p = commands.add_parser("compare", help="Markdown table of the stored evaluations of several runs (text or MNIST)")
@@ -57,6 +59,7 @@ def _eval(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     govern(0, device)  # one thread per core the other processes leave free (threads.py)
     model = TextVAE.from_pretrained(args.run, device=device)
+    set_refine(model, args.refine)
     texts = read_texts(args.data, [args.split], model.config.data.text_column)
     if args.split not in texts:
         raise TextVAEError(f"{args.data} has no {args.split} split")

@@ -6,6 +6,7 @@ Results go to stdout, one sentence (or JSON object) a line; logs to stderr.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -36,6 +37,18 @@ def _common(p: argparse.ArgumentParser, decoding: str) -> None:
         p.add_argument("--seed", type=seed, default=None, help="makes the output reproducible")
 
 
+def add_refine(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--refine", type=int, default=None, metavar="N",
+                   help="refine each posterior mean by N gradient steps on its own objective "
+                        "(semi-amortized inference; default: the run's objective.refine_steps)")
+
+
+def set_refine(model, steps) -> None:
+    """``--refine N`` over the run's ``objective.refine_steps`` (checked as the config checks it)."""
+    if steps is not None:
+        model.config.objective = dataclasses.replace(model.config.objective, refine_steps=steps)
+
+
 def register(commands) -> None:
     p = commands.add_parser("sample", help="sentences decoded from z ~ N(0, I)")
     _common(p, "sample")
@@ -45,11 +58,13 @@ def register(commands) -> None:
     p = commands.add_parser("reconstruct", help="decode sentences from their posterior mean")
     _common(p, "greedy")
     p.add_argument("texts", nargs="*", metavar="TEXT", help="sentences (default: one a line on stdin)")
+    add_refine(p)
     p.set_defaults(handler=_reconstruct)
 
     p = commands.add_parser("encode", help="posterior mean and log-variance of sentences, as JSON lines")
     _common(p, "")
     p.add_argument("texts", nargs="*", metavar="TEXT", help="sentences (default: one a line on stdin)")
+    add_refine(p)
     p.set_defaults(handler=_encode)
 
     p = commands.add_parser("complete", help="continuations of a prefix drawn from p(z | prefix)")
@@ -67,13 +82,16 @@ def register(commands) -> None:
     p.add_argument("end", metavar="B")
     p.add_argument("--steps", type=int, default=7)
     p.add_argument("--method", choices=("linear", "slerp"), default="linear")
+    add_refine(p)
     p.set_defaults(handler=_interpolate)
 
 
 def _load(args: argparse.Namespace) -> TextVAE:
     device = resolve_device(args.device)
     govern(0, device)  # one thread per core the other processes leave free (threads.py)
-    return TextVAE.from_pretrained(args.run, device=device)
+    model = TextVAE.from_pretrained(args.run, device=device)
+    set_refine(model, getattr(args, "refine", None))
+    return model
 
 
 def _options(args: argparse.Namespace) -> dict:

@@ -91,8 +91,8 @@ class ConvVAE(BaseVAE):
 
     @torch.no_grad()
     def encode(self, images: Tensor) -> DiagonalGaussian:
-        """q(z|x) of binary images (N, 1, 28, 28)."""
-        return self.posterior(ImageBatch(images.to(self.device), torch.zeros(len(images))))
+        """q(z|x) of binary images (N, 1, 28, 28) (``infer``: refined if the config says so)."""
+        return self.infer(ImageBatch(images.to(self.device), torch.zeros(len(images))))
 
     @torch.no_grad()
     def reconstruct(self, images: Tensor) -> Tensor:
