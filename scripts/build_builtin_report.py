@@ -34,8 +34,10 @@ def _train_summary(run: Path) -> dict:
 
 EXACT_BAR = 0.6  # the share of held-out sentences a shipped model gives back exactly
 # Its prior samples read like the corpus: their NLL per word under the LM at
-# most this much above the test sentences' own (nats per word).
+# most this much above the test sentences' own (nats per word), and at most
+# this much fewer of their words made up (not in the training corpus).
 FLUENCY_MARGIN = 1.0
+KNOWN_WORDS_MARGIN = 0.05
 
 
 def shortfalls(vae_eval: dict, fluency: dict) -> list[str]:
@@ -49,6 +51,11 @@ def shortfalls(vae_eval: dict, fluency: dict) -> list[str]:
         out.append(f"its prior samples do not read like the corpus ({samples:.2f} nats per word under the LM "
                    f"against the test sentences' {test:.2f}; a built-in model's must be within "
                    f"{FLUENCY_MARGIN:g})")
+    known, test_known = fluency["mixture_sample"].get("known_words"), fluency["test_split"].get("known_words")
+    if known is None or known < test_known - KNOWN_WORDS_MARGIN:
+        out.append("its prior samples make up words" + (
+            f" ({100 * (1 - known):.1f}% of their words are in no training sentence, lemma or gloss, against "
+            f"{100 * (1 - test_known):.1f}% of the test sentences')" if known is not None else " (not measured)"))
     return out
 
 
@@ -89,8 +96,9 @@ def build_report(out: Path, report: dict, args) -> dict:
 
 
 def _row(name: str, f: dict) -> str:
+    known = f"{100 * f['known_words']:.1f}%" if "known_words" in f else "–"
     return (f"| {name} | {f['nll_per_word']:.2f} | {f['distinct_1']:.3f} | {f['distinct_2']:.3f} | "
-            f"{f['mean_length']:.2f} |")
+            f"{f['mean_length']:.2f} | {known} |")
 
 
 def _markdown(r: dict) -> str:
@@ -131,17 +139,20 @@ def _markdown(r: dict) -> str:
         "## Fluency of prior samples",
         "",
         "1,000 samples each (seed 0), scored by the separately trained LM above: NLL per word (nats per whitespace "
-        "word, end of sentence included; lower reads more like the corpus), distinct-1/2 and mean length in "
-        "words, against the test sentences'.",
+        "word, end of sentence included; lower reads more like the corpus), distinct-1/2, mean length in "
+        "words and the share of words that the training corpus has (sentences, lemmas, glosses; the others the "
+        "decoder spelt from BPE pieces), against the test sentences'; and the LM's own samples, which show what "
+        "a decoder of this size and training reads like with no latent at all.",
         "",
-        "| sentences | LM NLL / word | distinct-1 | distinct-2 | mean length |",
-        "|---|---|---|---|---|",
+        "| sentences | LM NLL / word | distinct-1 | distinct-2 | mean length | known words |",
+        "|---|---|---|---|---|---|",
         _row("test split (all)", fl["test_split"]),
         _row("test split (1,000 drawn)", fl["test_sample_1000"]),
         _row("mixture prior, sampled decoding", fl["mixture_sample"]),
         _row("mixture prior, greedy decoding", fl["mixture_greedy"]),
         _row("N(0, I) prior, sampled decoding", fl["normal_sample"]),
         _row("N(0, I) prior, greedy decoding", fl["normal_greedy"]),
+        *([_row("the LM's own samples", fl["lm_sample"])] if "lm_sample" in fl else []),
         "",
         "## Real output",
         "",

@@ -13,7 +13,8 @@ Stages (each one skipped when its output exists, so a stopped run continues):
   lm       a language model of the same size on the example sentences, for
            the NLL comparison and the fluency of samples (--lm-budget minutes)
   eval     `textvae eval` of both on the test split (500 importance samples)
-  fluency  1,000 prior samples: NLL per word under the LM, distinct-1/2 and
+  fluency  1,000 prior samples: NLL per word under the LM, distinct-1/2, the
+           share of words the training corpus has (not spelt from pieces) and
            mean length, against the test split's; mixture vs N(0, I) prior
   showcase prior samples, completions and interpolations, as a user runs them
   export   textvae/pretrained/wordnet (bf16 weights, card.json) and
@@ -118,13 +119,20 @@ def fluency(args, out: Path) -> dict:
     vae, lm = TextVAE.from_pretrained(out / "vae"), TextVAE.from_pretrained(out / "lm")
     test = [t for t in (Path(args.data) / "test.txt").read_text().splitlines() if t.strip()]
     reference = random.Random(0).sample(test, min(1000, len(test)))
+    # Every word the VAE was trained on (sentences, lemmas, glosses): a sample's
+    # word outside it is one the decoder spelt from BPE pieces, mostly not English.
+    vocabulary = set((out / "corpus" / "train.txt").read_text().lower().split())
 
     def figures(texts: list[str]) -> dict:
+        words = [w for t in texts for w in t.lower().split()]
         return {"nll_per_word": nll_per_word(lm, texts), "distinct_1": distinct_n(texts, 1),
-                "distinct_2": distinct_n(texts, 2), "mean_length": sum(len(t.split()) for t in texts) / len(texts)}
+                "distinct_2": distinct_n(texts, 2), "mean_length": len(words) / len(texts),
+                "known_words": sum(w in vocabulary for w in words) / max(1, len(words))}
 
     result = {"test_split": {**figures(test), "sentences": len(test)},
               "test_sample_1000": figures(reference)}
+    lm_samples = lm.sample(1000, seed=0, strategy="sample")
+    result["lm_sample"] = {**figures(lm_samples), "examples": lm_samples[:5]}
     mixture = vae.prior
     for prior_name, prior in (("mixture", mixture), ("normal", StandardNormalPrior(vae.latent_dim))):
         vae.prior = prior
