@@ -11,6 +11,7 @@ import shutil
 import pytest
 import torch
 
+from textvae.config import ObjectiveConfig
 from textvae.errors import TextVAEError
 from textvae.inference import refine_posterior
 from textvae.latent import DiagonalGaussian
@@ -18,8 +19,17 @@ from textvae.latent import DiagonalGaussian
 from conftest import TRAIN, tiny_config
 
 
+def settings(steps: int, lr: float, kl_weight: float, **more) -> ObjectiveConfig:
+    return ObjectiveConfig(refine_steps=steps, refine_lr=lr, kl_weight=kl_weight, **{"free_bits": 0.0, **more})
+
+
+def refine(model, batch, q, steps: int, lr: float, kl_weight: float, **more) -> DiagonalGaussian:
+    return refine_posterior(model, batch, q, settings(steps, lr, kl_weight, **more))
+
+
 def objective(model, batch, mean: torch.Tensor, kl_weight: float) -> torch.Tensor:
-    """L(m) = -log p(x | z = m) + kl_weight * |m|^2 / 2 per example, (B,)."""
+    """L(m) = -log p(x | z = m) + kl_weight * |m|^2 / 2 per example, (B,): the
+    refined objective up to a constant in m when there are no free bits."""
     with torch.no_grad():
         return 0.5 * kl_weight * mean.pow(2).sum(-1) - model.log_likelihood(batch, mean.unsqueeze(0))[0]
 
@@ -28,28 +38,33 @@ def test_refinement_lowers_every_examples_objective_and_keeps_the_variance(tiny_
     batch = tiny_model.batch(TRAIN[:8])
     q = tiny_model.posterior(batch)
     start = DiagonalGaussian(q.mean + 2.0, q.logvar)  # a poor encoder: far from the best code
-    refined = refine_posterior(tiny_model, batch, start, steps=40, lr=0.1, kl_weight=1.0)
+    refined = refine(tiny_model, batch, start, steps=40, lr=0.1, kl_weight=1.0)
     before, after = objective(tiny_model, batch, start.mean, 1.0), objective(tiny_model, batch, refined.mean, 1.0)
     assert (after <= before).all() and (before - after).mean() > 1.0  # nats per sentence
     assert torch.equal(refined.logvar, start.logvar)
-    assert refine_posterior(tiny_model, batch, start, steps=0, lr=0.1, kl_weight=1.0) is start
+    assert refine(tiny_model, batch, start, steps=0, lr=0.1, kl_weight=1.0) is start
 
 
 def test_the_kl_weight_pulls_the_refined_mean_towards_the_prior(tiny_model):
     batch = tiny_model.batch(TRAIN[:6])
     q = tiny_model.posterior(batch)
-    loose = refine_posterior(tiny_model, batch, q, steps=30, lr=0.1, kl_weight=0.0).mean
-    tight = refine_posterior(tiny_model, batch, q, steps=30, lr=0.1, kl_weight=50.0).mean
+    loose = refine(tiny_model, batch, q, steps=30, lr=0.1, kl_weight=0.0).mean
+    tight = refine(tiny_model, batch, q, steps=30, lr=0.1, kl_weight=50.0).mean
     assert tight.norm(dim=-1).mean() < loose.norm(dim=-1).mean()
+    # Free bits as in training: below the floor the KL does not pull at all, so a
+    # KL target no code reaches leaves the reconstruction term alone.
+    for mode in ("total", "dim_example", "dim_batch"):
+        floored = refine(tiny_model, batch, q, steps=30, lr=0.1, kl_weight=1.0, free_bits=100.0, free_bits_mode=mode)
+        torch.testing.assert_close(floored.mean, loose)
 
 
 def test_each_example_is_refined_as_if_alone_and_the_weights_stay_untouched(tiny_model):
     weights = {k: v.clone() for k, v in tiny_model.state_dict().items()}
     batch = tiny_model.batch(TRAIN[:5])
-    together = refine_posterior(tiny_model, batch, tiny_model.posterior(batch), 15, 0.05, 1.0).mean
+    together = refine(tiny_model, batch, tiny_model.posterior(batch), 15, 0.05, 1.0).mean
     for row, text in enumerate(TRAIN[:5]):
         alone_batch = tiny_model.batch([text])
-        alone = refine_posterior(tiny_model, alone_batch, tiny_model.posterior(alone_batch), 15, 0.05, 1.0).mean
+        alone = refine(tiny_model, alone_batch, tiny_model.posterior(alone_batch), 15, 0.05, 1.0).mean
         torch.testing.assert_close(alone[0], together[row], atol=2e-5, rtol=1e-4)
     assert all(p.grad is None for p in tiny_model.parameters())
     assert all(torch.equal(v, weights[k]) for k, v in tiny_model.state_dict().items())
@@ -63,7 +78,7 @@ def test_using_a_model_follows_refine_steps(tiny_model):
     refined = tiny_model.encode(texts).mean
     assert not torch.allclose(refined, amortized)
     batch = tiny_model.batch(texts)
-    kl_weight = tiny_model.config.objective.kl_weight
+    kl_weight = tiny_model.config.objective.kl_weight  # the tiny config has no free bits
     assert (objective(tiny_model, batch, refined, kl_weight) <= objective(tiny_model, batch, amortized, kl_weight)).all()
 
 
@@ -72,9 +87,10 @@ def test_the_image_model_refines_the_same_way():
 
     model, batch = tiny_image_model(), batch_of(6)
     q = model.posterior(batch)
-    refined = refine_posterior(model, batch, q, steps=20, lr=0.1, kl_weight=1.0)
+    refined = refine(model, batch, q, steps=20, lr=0.1, kl_weight=1.0)
     assert (objective(model, batch, refined.mean, 1.0) < objective(model, batch, q.mean, 1.0)).all()
-    model.config.objective = dataclasses.replace(model.config.objective, refine_steps=20, refine_lr=0.1)
+    model.config.objective = dataclasses.replace(model.config.objective, refine_steps=20, refine_lr=0.1, kl_weight=1.0,
+                                                 free_bits=0.0)
     torch.testing.assert_close(model.encode(batch.images).mean, refined.mean)
 
 

@@ -50,9 +50,7 @@ class BaseVAE(nn.Module):
     def infer(self, batch) -> DiagonalGaussian:
         """q(z|x) for putting the model to use: the encoder's posterior with
         each mean refined by ``objective.refine_steps`` steps (inference.py)."""
-        objective = self.config.objective
-        return refine_posterior(self, batch, self.posterior(batch), objective.refine_steps, objective.refine_lr,
-                                objective.kl_weight)
+        return refine_posterior(self, batch, self.posterior(batch), self.config.objective)
 
     def reset_decoder(self) -> None:
         """Fresh decoder weights (Li et al. 2019: after autoencoder pretraining)."""
