@@ -132,8 +132,10 @@ def _markdown(r: dict) -> str:
         f"– | – | {lt['train_seconds'] / 60:.1f} min |",
         "",
         "NLL in nats per sentence; for the VAE, log p(z) in the importance weights is the fitted mixture's density "
-        "(the NLL of the two-stage model). Exact match: greedy decoding from the posterior mean equals the input, "
-        "case and spacing aside. ELBO and KL are against N(0, I), the prior the VAE was trained with. "
+        "(the NLL of the two-stage model). Exact match: greedy decoding from the posterior mean"
+        + (f" (refined by {v['settings']['refine_steps']} steps, textvae/inference.py)"
+           if v["settings"].get("refine_steps") else "")
+        + " equals the input, case and spacing aside. ELBO and KL are against N(0, I), the prior the VAE was trained with. "
         f"Training: {vt['steps']:,} steps ({vt['stop_reason']}); LM {lt['steps']:,} steps.",
         "",
         "## Fluency of prior samples",
