@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import dataclasses
 import json
 import sys
 import time
@@ -27,6 +26,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_builtin import nll_per_word  # noqa: E402
 
+from textvae.cli.use import set_refine  # noqa: E402
+from textvae.data import tokenize_split  # noqa: E402
 from textvae.evaluation.text_eval import exact_match  # noqa: E402
 from textvae.evaluation.text_metrics import corpus_bleu  # noqa: E402
 from textvae.model import TextVAE  # noqa: E402
@@ -61,10 +62,11 @@ def main() -> None:
               "exact_by_words": by_group(test, outputs, length),
               "exact_by_words_unseen_in_training": by_group(test, outputs, unseen)}
     result["refined"] = {}
-    limit = vae.config.data.max_length  # BLEU against the tokenised text, as `textvae eval` scores it
-    references = [vae.tokenizer.decode(vae.tokenizer.encode(t)[:limit]) for t in test]
+    split = tokenize_split("test", test, vae.tokenizer, vae.config.data.max_length)
+    assert split.texts == test, "every test sentence has tokens"
+    references = [vae.tokenizer.decode(ids) for ids in split.ids]  # BLEU as `textvae eval` scores it
     for steps in [int(n) for n in args.refine.split(",") if n.strip()]:
-        vae.config.objective = dataclasses.replace(vae.config.objective, refine_steps=steps)
+        set_refine(vae, steps)
         start = time.perf_counter()
         refined = vae.reconstruct(test, strategy="greedy")
         result["refined"][str(steps)] = {

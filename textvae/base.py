@@ -4,12 +4,11 @@ evaluation use, and persistence in a run folder (as Hugging Face's
 
 A model offers ``forward(batch) -> VAEOutput`` (per-example terms in nats),
 ``posterior(batch) -> DiagonalGaussian`` and ``log_likelihood(batch, z)``
-(the importance-weighted NLL), and ``reset_decoder()`` (AE pretraining);
-``infer(batch)``, the posterior that using a model starts from, is written
-here once. A
+(the importance-weighted NLL), and ``reset_decoder()`` (AE pretraining). A
 subclass names its ``KIND`` (``config.json``'s kind), its ``CONFIG_CLASS``, and
 how to rebuild itself from a run folder's other files (``from_folder``) and
-save them (``save_files``); saving and loading the weights and checking the
+save them (``save_files``); ``infer(batch)`` (the posterior that using a model
+starts from, inference.py), saving and loading the weights and checking the
 folder are written here once.
 """
 
