@@ -29,6 +29,7 @@ import os
 import random
 import shlex
 import shutil
+import string
 import subprocess
 import sys
 import time
@@ -112,6 +113,7 @@ def fluency(args, out: Path) -> dict:
     import torch
 
     from textvae.evaluation.text_metrics import distinct_n
+    from textvae.lexicon import WordConstraint
     from textvae.model import TextVAE
     from textvae.prior import StandardNormalPrior
 
@@ -121,25 +123,36 @@ def fluency(args, out: Path) -> dict:
     reference = random.Random(0).sample(test, min(1000, len(test)))
     # Every word the VAE was trained on (sentences, lemmas, glosses): a sample's
     # word outside it is one the decoder spelt from BPE pieces, mostly not English.
-    vocabulary = set((out / "corpus" / "train.txt").read_text().lower().split())
+    # Known: a word whose letters (punctuation at either end aside: "vigilant,") the corpus has.
+    corpus = (out / "corpus" / "train.txt").read_text().lower().split()
+    vocabulary = {w.strip(string.punctuation) for w in corpus} - {""}
 
     def figures(texts: list[str]) -> dict:
         words = [w for t in texts for w in t.lower().split()]
+        cores = [c for c in (w.strip(string.punctuation) for w in words) if c]
         return {"nll_per_word": nll_per_word(lm, texts), "distinct_1": distinct_n(texts, 1),
                 "distinct_2": distinct_n(texts, 2), "mean_length": len(words) / len(texts),
-                "known_words": sum(w in vocabulary for w in words) / max(1, len(words))}
+                "known_words": sum(c in vocabulary for c in cores) / max(1, len(cores))}
 
     result = {"test_split": {**figures(test), "sentences": len(test)},
               "test_sample_1000": figures(reference)}
-    lm_samples = lm.sample(1000, seed=0, strategy="sample")
-    result["lm_sample"] = {**figures(lm_samples), "examples": lm_samples[:5]}
+    # What the decoders write alone (words=False), and held to the corpus's words (textvae/lexicon.py).
+    lm_words = WordConstraint(lm.tokenizer, set(corpus))
+    for name, words in (("lm_sample", False), ("lm_known_sample", lm_words)):
+        samples = lm.sample(1000, seed=0, strategy="sample", words=words)
+        result[name] = {**figures(samples), "examples": samples[:5]}
     mixture = vae.prior
     for prior_name, prior in (("mixture", mixture), ("normal", StandardNormalPrior(vae.latent_dim))):
         vae.prior = prior
         for strategy in ("sample", "greedy"):
-            samples = vae.sample(1000, seed=0, strategy=strategy)
+            samples = vae.sample(1000, seed=0, strategy=strategy, words=False)
             result[f"{prior_name}_{strategy}"] = {**figures(samples), "examples": samples[:5]}
     vae.prior = mixture
+    for strategy in ("sample", "greedy"):
+        samples = vae.sample(1000, seed=0, strategy=strategy, words=True)
+        result[f"mixture_known_{strategy}"] = {**figures(samples), "examples": samples[:5]}
+    # The samples `textvae sample` gives (model.known_words): what the ship rule judges.
+    result["default_samples"] = "mixture_known_sample" if vae.config.model.known_words else "mixture_sample"
     return result
 
 

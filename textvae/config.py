@@ -90,6 +90,10 @@ class ModelConfig:
     # training (Dai & Wipf 2019; `textvae fit-prior RUN`).
     prior: str = "normal"
     prior_components: int = 64
+    # Decoding spells only words of the training corpus (tokenizer/words.txt;
+    # lexicon.py): no made-up words from sub-word pieces. Off by default: it
+    # also rules out any word the corpus lacks. `--known-words` / `--any-words`.
+    known_words: bool = False
 
     def __post_init__(self) -> None:
         for name in ("embed_dim", "hidden_dim", "encoder_layers", "decoder_layers", "num_heads",

@@ -9,16 +9,20 @@ the work follows the sentences' own lengths, not the longest one's.
 
 Strategies: greedy, sampling (temperature, top-k, top-p) and beam search
 (width, length normalisation). Optional per-row prefixes are forced before
-the model continues (prefix completion).
+the model continues (prefix completion). Any strategy can be held to the
+words of a list (``GenerationConfig.words``, textvae/lexicon.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from .lexicon import WordConstraint
 
 
 @dataclass
@@ -30,6 +34,7 @@ class GenerationConfig:
     beam_size: int = 4
     length_penalty: float = 1.0  # beam score = log p / length ** length_penalty
     max_length: int = 50  # tokens per output sentence, prefix included, eos excluded
+    words: Optional["WordConstraint"] = None  # spell only these words (textvae/lexicon.py); None: any
 
     def __post_init__(self) -> None:
         if self.strategy not in ("greedy", "sample", "beam"):
@@ -125,12 +130,19 @@ def generate(decoder: nn.Module, z: Optional[Tensor], batch_size: int, bos_id: i
     start = torch.cat([torch.full((batch_size, 1), bos_id, device=device), table[:, :common]], dim=1)
     hidden, state = decoder(start, state)  # the shared prefix in one call
     logits = _next_logits(decoder, hidden, forbidden)  # (R, V) for the R live rows
+    words = config.words.to(device) if config.words is not None else None
+    spelt = None if words is None else words.initial(batch_size)  # (R,) each live row's word state
+    for position in range(common if words is not None else 0):
+        spelt = words.advance(spelt, table[:, position])
+    whole = prefix_len.clone()  # (B,) tokens up to the last whole word: where max_length cuts a sentence
     out = torch.full((batch_size, max(config.max_length, common)), eos_id, dtype=torch.long, device=device)
     out[:, :common] = table[:, :common]
     live = torch.arange(batch_size, device=device)  # (R,) each live row's row in the batch
     for position in range(common, config.max_length):
         live_prefix = prefix_len[live]
         logits = _mask_first(logits, live_prefix, position, not_first)
+        if words is not None:
+            logits = words.mask(logits, spelt)
         token = choose(logits, config, generator, live, batch_size)  # (R,)
         forced = live_prefix > position
         if bool(forced.any()):
@@ -142,11 +154,20 @@ def generate(decoder: nn.Module, z: Optional[Tensor], batch_size: int, bos_id: i
             # the live rows (its cells keep eos).
             keep = (~ended).nonzero().squeeze(1)
             if len(keep) == 0:
+                live = keep
                 break
             live, token = live[keep], token[keep]
             state = decoder.select_state(state, keep)
+            spelt = None if words is None else spelt[keep]
+        if words is not None:
+            spelt = words.advance(spelt, token)
+            boundary = words.at_boundary(spelt)
+            whole[live[boundary]] = torch.clamp_min(prefix_len[live[boundary]], position + 1)
         hidden, state = decoder(token.unsqueeze(1), state)
         logits = _next_logits(decoder, hidden, forbidden)
+    if words is not None and len(live):  # cut at max_length: drop a half-spelt last word
+        for row, length in zip(live.tolist(), whole[live].tolist()):
+            out[row, length:] = eos_id
     return [_until_eos(row, eos_id, len(prefixes[i])) for i, row in enumerate(out.tolist())]
 
 
@@ -180,8 +201,13 @@ def beam_search(decoder: nn.Module, z: Optional[Tensor], batch_size: int, bos_id
     ended: list[list[tuple[float, list[int]]]] = [[] for _ in range(batch_size)]
     done = [False] * batch_size
     vocab = logits.shape[-1]
+    words = config.words.to(device) if config.words is not None else None
+    spelt = None if words is None else words.initial(batch_size * width)  # (B*W,) word state per hypothesis
+    whole = torch.zeros(batch_size, width, dtype=torch.long, device=device)  # tokens up to the last whole word
     for position in range(config.max_length + 1):
         logits = _mask_first(logits, prefix_len[rows], position, not_first)
+        if words is not None and position < config.max_length:  # a forced token or the final eos stands
+            logits = torch.where((prefix_len[rows] > position).unsqueeze(1), logits, words.mask(logits, spelt))
         log_probs = logits.log_softmax(-1).view(batch_size, width, vocab)
         forced = (prefix_len > position).view(batch_size, 1, 1)
         if bool(forced.any()):
@@ -210,6 +236,8 @@ def beam_search(decoder: nn.Module, z: Optional[Tensor], batch_size: int, bos_id
                 if token == eos_id and position >= int(prefix_len[b]):
                     if rank < width:
                         tokens = history[b, beam].tolist()
+                        if words is not None and position == config.max_length:  # drop a half-spelt word
+                            tokens = tokens[: max(int(whole[b, beam]), int(prefix_len[b]))]
                         ended[b].append((score / (len(tokens) + 1) ** config.length_penalty, tokens))
                     continue
                 next_scores[b, filled], next_beam[b, filled], next_token[b, filled] = score, beam, token
@@ -224,6 +252,10 @@ def beam_search(decoder: nn.Module, z: Optional[Tensor], batch_size: int, bos_id
         scores = next_scores
         flat_beams = (torch.arange(batch_size, device=device).unsqueeze(1) * width + next_beam).view(-1)
         state = decoder.select_state(state, flat_beams)
+        if words is not None:
+            spelt = words.advance(spelt[flat_beams], next_token.view(-1))
+            whole = torch.where(words.at_boundary(spelt).view(batch_size, width), history.shape[2],
+                                whole.gather(1, next_beam))
         hidden, state = decoder(next_token.view(-1, 1), state)
         logits = _next_logits(decoder, hidden, forbidden)
     return [max(hyps, key=lambda h: h[0])[1] if hyps else [] for hyps in ended]

@@ -38,6 +38,7 @@ class TextVAE(BaseVAE):
         super().__init__()
         check_names(config.model)
         self.config, self.tokenizer = config, tokenizer
+        self._word_constraint = None  # built on first use (word_constraint)
         model = config.model
         self.latent_dim = model.latent_dim
         vocab, pad = tokenizer.vocab_size, tokenizer.pad_id
@@ -141,6 +142,19 @@ class TextVAE(BaseVAE):
         from .operations import interpolate
 
         return interpolate(self, start, end, steps, **options)
+
+    @property
+    def word_constraint(self):
+        """The training corpus's words as a decoding constraint (lexicon.py),
+        built on first use from the tokenizer's word list."""
+        from .lexicon import WordConstraint
+
+        if self._word_constraint is None:
+            if not self.tokenizer.words:
+                raise TextVAEError("this model has no word list (tokenizer/words.txt, written by `textvae train` "
+                                   "since known-word decoding exists): give one with --words FILE")
+            self._word_constraint = WordConstraint(self.tokenizer, self.tokenizer.words)
+        return self._word_constraint
 
     # --------------------------------------------------------- persistence
     def save_files(self, directory: Path) -> None:

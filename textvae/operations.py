@@ -15,6 +15,7 @@ from .data import TextBatch
 from .errors import TextVAEError
 from .generation import GenerationConfig, generate
 from .latent import DiagonalGaussian
+from .lexicon import WordConstraint
 from .threads import tick
 
 log = logging.getLogger("textvae")
@@ -36,12 +37,31 @@ def length_limit(model) -> int:
     return MAX_GENERATED
 
 
-def _settings(model, strategy: str, max_length: Optional[int], **options) -> GenerationConfig:
+def _settings(model, strategy: str, max_length: Optional[int], words=None, **options) -> GenerationConfig:
     limit = length_limit(model)
     if max_length is not None and max_length > limit:
         log.info(f"--max-length {max_length} capped at {limit} tokens (this model's limit)")
     length = min(max_length or model.config.data.max_length, limit)
-    return GenerationConfig(strategy=strategy, max_length=length, **options)
+    return GenerationConfig(strategy=strategy, max_length=length, words=word_constraint(model, words), **options)
+
+
+def word_constraint(model, words=None) -> Optional[WordConstraint]:
+    """What a decoding may spell (lexicon.py). ``words``: None follows the
+    run's ``model.known_words``; True holds it to the training corpus's words
+    (its tokenizer's word list), False lets it spell anything; a
+    ``WordConstraint`` or an iterable of words is a list of one's own (build a
+    ``WordConstraint`` once to reuse a long list)."""
+    if words is None:
+        words = model.config.model.known_words
+    if words is False:
+        return None
+    if words is True:
+        return model.word_constraint
+    if isinstance(words, WordConstraint):
+        return words
+    if isinstance(words, str):
+        raise TextVAEError("words must be True, False, a WordConstraint or a list of words, not one string")
+    return WordConstraint(model.tokenizer, words)
 
 
 def _decode(model, z: Optional[Tensor], n: int, settings: GenerationConfig, generator=None,

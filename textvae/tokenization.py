@@ -24,6 +24,7 @@ TRAINED_KINDS = ("word", "bpe", "wordpiece", "unigram")
 DEFAULT_SPECIALS = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>"}
 SPECIAL_ROLES = tuple(DEFAULT_SPECIALS)  # every tokenizer has the four
 SPECIALS_FILE = "special_tokens.json"
+WORDS_FILE = "words.txt"  # the training corpus's words, one a line: what known-word decoding may spell
 HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -42,6 +43,7 @@ class Tokenizer:
         ids = {role: backend.token_to_id(tok) for role, tok in specials.items()}
         self.pad_id, self.bos_id, self.eos_id, self.unk_id = ids["pad"], ids["bos"], ids["eos"], ids["unk"]
         self.frame_ids = {self.pad_id, self.bos_id, self.eos_id}
+        self.words: list[str] = []  # the training corpus's words (corpus_words); empty where unknown
 
     @property
     def never_generated(self) -> tuple[int, ...]:
@@ -80,7 +82,8 @@ class Tokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Token ids of each text (cleaned by ``clean_text``), without bos/eos."""
         texts = [clean_text(t) for t in texts]
-        return [enc.ids for enc in self.backend.encode_batch(texts, add_special_tokens=False)]
+        encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)  # no offsets: tokenizers >= 0.20
+        return [enc.ids for enc in encode(texts, add_special_tokens=False)]
 
     def encode(self, text: str) -> list[int]:
         return self.encode_batch([text])[0]
@@ -108,6 +111,8 @@ class Tokenizer:
         hf_config = {f"{role}_token": tok for role, tok in self.specials.items()}
         hf_config["tokenizer_class"] = "PreTrainedTokenizerFast"
         (directory / "tokenizer_config.json").write_text(json.dumps(hf_config, indent=2))
+        if self.words:
+            (directory / WORDS_FILE).write_text("".join(w + "\n" for w in self.words), encoding="utf-8")
 
     @classmethod
     def load(cls, directory: str | Path) -> "Tokenizer":
@@ -133,11 +138,21 @@ class Tokenizer:
         except Exception as error:  # tokenizers raises a bare Exception on bad JSON
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise TextVAEError(f"{backend_path} is malformed: {first}") from None
-        return cls(backend, specials, meta.get("source", ""))  # meta is a mapping: meta["specials"] was read
+        tokenizer = cls(backend, specials, meta.get("source", ""))  # meta is a mapping: meta["specials"] was read
+        words_path = directory / WORDS_FILE
+        if words_path.is_file() and words_path.stat().st_size <= MAX_TOKENIZER_BYTES:
+            tokenizer.words = words_path.read_text(encoding="utf-8", errors="replace").split()
+        return tokenizer
 
 
 MAX_TOKENIZER_BYTES = 256 * 2**20  # the largest hub tokenizer.json files are tens of MiB
 _CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")  # C0 and C1 control characters but tab
+
+
+def corpus_words(texts: Iterable[str]) -> list[str]:
+    """The distinct whitespace-separated words of ``texts`` (cleaned as the
+    models see them), sorted."""
+    return sorted({word for text in texts for word in clean_text(text).split()})
 
 
 def clean_text(text: str) -> str:

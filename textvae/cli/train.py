@@ -16,7 +16,7 @@ from ..data import TextBatches, load_splits, read_texts, split_off_validation
 from ..errors import TextVAEError
 from ..model import TextVAE
 from ..run_folder import CONFIG_FILE, TOKENIZER_DIR
-from ..tokenization import Tokenizer, build_tokenizer
+from ..tokenization import Tokenizer, build_tokenizer, corpus_words
 from ..training import distributed
 from ..training.trainer import Trainer
 from . import launch
@@ -71,6 +71,7 @@ def _start(args: argparse.Namespace, out: Path, cuda_device) -> Trainer:
         log.info("no validation split: holding out 5% of the training sentences")
     if distributed.rank() == 0:
         tokenizer = build_tokenizer(config.tokenizer, (t for t in texts["train"] if t.strip()))
+        tokenizer.words = corpus_words(texts["train"])  # saved beside it: what --known-words may spell
         model = TextVAE(config, tokenizer)  # built before the folder exists: bad names fail first
         out.mkdir(parents=True, exist_ok=True)
         model.save_files(out)  # the tokenizer, and the configs that rebuild hf: backbones offline

@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import sys
+from pathlib import Path
 
 from ..errors import TextVAEError
 from ..model import TextVAE
@@ -35,6 +36,13 @@ def _common(p: argparse.ArgumentParser, decoding: str) -> None:
         p.add_argument("--length-penalty", type=float, default=1.0)
         p.add_argument("--max-length", type=int, default=None, help="tokens per sentence (default: data.max_length)")
         p.add_argument("--seed", type=seed, default=None, help="makes the output reproducible")
+        words = p.add_mutually_exclusive_group()
+        words.add_argument("--known-words", dest="words", action="store_const", const=True, default=None,
+                           help="spell only words of the training corpus (default: the run's model.known_words)")
+        words.add_argument("--any-words", dest="words", action="store_const", const=False,
+                           help="let sub-word pieces spell any word, new ones included")
+        words.add_argument("--words", dest="words_file", metavar="FILE",
+                           help="spell only the words in FILE (whitespace-separated)")
 
 
 def add_refine(p: argparse.ArgumentParser) -> None:
@@ -97,13 +105,29 @@ def _load(args: argparse.Namespace) -> TextVAE:
 def _options(args: argparse.Namespace) -> dict:
     options = {"strategy": args.strategy, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
                "beam_size": args.beam_size, "length_penalty": args.length_penalty, "max_length": args.max_length,
-               "seed": args.seed}
+               "seed": args.seed, "words": args.words}
+    if args.words_file is not None:
+        options["words"] = _word_file(args.words_file)
     finite(temperature=args.temperature, top_p=args.top_p, length_penalty=args.length_penalty)
     if args.temperature <= 0 or args.top_k < 0 or not 0 < args.top_p <= 1 or args.beam_size < 1 \
             or (args.max_length is not None and args.max_length < 1):
         raise TextVAEError("need --temperature > 0, --top-k >= 0, 0 < --top-p <= 1, --beam-size >= 1, --max-length >= 1")
     require(args.beam_size <= MAX_BEAM, f"--beam-size must be <= {MAX_BEAM}")
     return options
+
+
+def _word_file(path: str) -> list[str]:
+    """The words of ``--words FILE``, one clear error where there are none."""
+    file = Path(path)
+    if not file.is_file():
+        raise TextVAEError(f"--words: {path} is not a file")
+    try:
+        words = file.read_text(encoding="utf-8").split()
+    except UnicodeDecodeError:
+        raise TextVAEError(f"--words: {path} is not UTF-8 text") from None
+    if not words:
+        raise TextVAEError(f"--words: {path} holds no words")
+    return words
 
 
 def _texts(args: argparse.Namespace) -> list[str]:

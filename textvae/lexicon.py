@@ -1,0 +1,189 @@
+"""Decoding that spells only words of a word list.
+
+A sub-word decoder can spell words that exist nowhere: sampled from a small
+model, a fifth to a third of the words of a sentence may be BPE pieces glued
+into non-words ("the importish gracked her cles"). Constraining decoding to a
+prefix trie of allowed token sequences is how retrieval-by-generation keeps
+its outputs to names that exist (De Cao et al. 2021, "Autoregressive Entity
+Retrieval"); here the trie holds the token spelling of every word of a list
+(usually the training corpus's), and a sentence is any sequence of its words.
+
+Each word has two spellings, both asked of the tokenizer itself so that no
+marker scheme (byte-level ``Ġ``, WordPiece ``##``, SentencePiece ``▁``) is
+assumed: at the start of a sentence (``encode(w)``) and after another word
+(``encode("a " + w)`` without ``encode("a")``). The automaton's states are
+trie nodes; at a node the allowed next tokens are its children and, where a
+word ends there, the first tokens of a following word, punctuation that
+closes the word (",", ".", ")": "vigilant," needs only "vigilant" on the
+list) and end of sentence. A token that continues the current word is read
+as such before it is read as the start of a new one, so a state never leads
+to a dead end.
+
+States are integers and the tables are tensors, so masking and advancing a
+batch of R rows is a few vectorised operations per step, no Python per row.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from torch import Tensor
+
+from .errors import TextVAEError
+
+# Fixed states: the roots (sentence start, after a word), inside a word off
+# the list (a prefix's own), and after punctuation that closed a word.
+FIRST, LATER, OUTSIDE, PUNCTUATION = 0, 1, 2, 3
+ANCHOR = "a"  # the word before a word, to learn its in-sentence spelling
+
+
+class WordConstraint:
+    """A prefix trie over the token spellings of ``words`` (a collection of
+    whitespace-free strings), as tensors for batched decoding."""
+
+    def __init__(self, tokenizer, words: Iterable[str]) -> None:
+        words = sorted({w for w in words if w and not any(c.isspace() for c in w)})
+        if not words:
+            raise TextVAEError("the word list for constrained decoding is empty")
+        self.vocab_size, self.eos_id, self.words = tokenizer.vocab_size, tokenizer.eos_id, len(words)
+        anchor = tokenizer.encode(ANCHOR)
+        first = tokenizer.encode_batch(words)
+        later = tokenizer.encode_batch([f"{ANCHOR} {w}" for w in words])
+        children: list[dict[int, int]] = [{}, {}, {}, {}]
+        terminal = [False, False, False, True]
+        for root, spellings in ((FIRST, first), (LATER, later)):
+            for spelling in spellings:
+                if root == LATER:
+                    if spelling[: len(anchor)] != anchor:
+                        continue  # the tokenizer merged the word into the anchor: no clean spelling
+                    spelling = spelling[len(anchor):]
+                if not spelling or tokenizer.unk_id in spelling:
+                    continue
+                node = root
+                for token in spelling:
+                    nxt = children[node].get(token)
+                    if nxt is None:
+                        nxt = len(children)
+                        children[node][token] = nxt
+                        children.append({})
+                        terminal.append(False)
+                    node = nxt
+                terminal[node] = True
+        if not children[FIRST]:
+            raise TextVAEError("no word of the list can be spelt by this model's tokenizer")
+        counts = torch.tensor([len(c) for c in children])  # (N,)
+        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])  # (N+1,)
+        self.counts = counts
+        self.child_tokens = torch.tensor([t for c in children for t in c], dtype=torch.long)  # (E,)
+        self.child_nodes = torch.tensor([n for c in children for n in c.values()], dtype=torch.long)  # (E,)
+        parents = torch.repeat_interleave(torch.arange(len(children)), counts)  # (E,)
+        keys = parents * self.vocab_size + self.child_tokens
+        self.keys, order = keys.sort()  # (E,) node * V + token, for advancing by binary search
+        self.key_nodes = self.child_nodes[order]
+        self.terminal = torch.tensor(terminal)  # (N,)
+        self.starts = torch.zeros(self.vocab_size, dtype=torch.bool)  # (V,) first tokens of a later word
+        self.starts[list(children[LATER])] = True
+        # After a whole word: another, or punctuation that closes it ("day," "it)"), listed or not.
+        self.punctuation = torch.zeros(self.vocab_size, dtype=torch.bool)
+        self.punctuation[list(closing_punctuation(tokenizer))] = True
+        self.follows = self.starts | self.punctuation
+        # Inside a word off the list (a prefix's own): its pieces, a listed word, punctuation, or the end.
+        self.outside = self.follows.clone()
+        self.outside[list(tokenizer.word_pieces)] = True
+        self.outside[self.eos_id] = True
+        self.device = torch.device("cpu")
+
+    @property
+    def nodes(self) -> int:
+        return len(self.terminal)
+
+    @classmethod
+    def from_file(cls, tokenizer, path: str | Path) -> "WordConstraint":
+        """The words of a text file (whitespace-separated, any number a line)."""
+        path = Path(path)
+        if not path.is_file():
+            raise TextVAEError(f"word list {path} not found")
+        return cls(tokenizer, path.read_text(encoding="utf-8", errors="replace").split())
+
+    def to(self, device: torch.device | str) -> "WordConstraint":
+        device = torch.device(device)
+        if device != self.device:
+            for name in ("offsets", "counts", "child_tokens", "child_nodes", "keys", "key_nodes", "terminal",
+                         "starts", "punctuation", "follows", "outside"):
+                setattr(self, name, getattr(self, name).to(device))
+            self.device = device
+        return self
+
+    def initial(self, rows: int) -> Tensor:
+        """The state at the start of a sentence, (rows,)."""
+        return torch.full((rows,), FIRST, dtype=torch.long, device=self.device)
+
+    def allowed(self, states: Tensor) -> Tensor:
+        """(R,) states -> (R, V) bool: the tokens each row may take next."""
+        rows = len(states)
+        mask = torch.zeros(rows, self.vocab_size, dtype=torch.bool, device=self.device)
+        counts = self.counts[states]  # (R,)
+        total = int(counts.sum())
+        if total:
+            row = torch.repeat_interleave(torch.arange(rows, device=self.device), counts, output_size=total)
+            first = torch.cumsum(counts, 0) - counts  # (R,) where each row's run starts in the flat list
+            edge = self.offsets[states][row] + torch.arange(total, device=self.device) - first[row]
+            mask[row, self.child_tokens[edge]] = True
+        ended = self.terminal[states]  # (R,) a word is complete here
+        mask |= ended.unsqueeze(1) & self.follows
+        mask[:, self.eos_id] |= ended
+        mask[states == OUTSIDE] = self.outside
+        return mask
+
+    def at_boundary(self, states: Tensor) -> Tensor:
+        """(R,) bool: the text so far ends with a whole word (or one off the
+        list that a forced prefix brought): a sentence cut here has no
+        half-spelt word."""
+        return self.terminal[states] | (states == OUTSIDE)
+
+    def mask(self, logits: Tensor, states: Tensor) -> Tensor:
+        """logits (R, V) with every disallowed token at -inf; a row left with
+        nothing (a forced prefix that ends inside a word no list word
+        completes, a token the caller also forbids) keeps its own logits."""
+        allowed = self.allowed(states) & (logits > float("-inf"))
+        empty = ~allowed.any(-1, keepdim=True)
+        return logits.masked_fill(~(allowed | empty), float("-inf"))
+
+    def advance(self, states: Tensor, tokens: Tensor) -> Tensor:
+        """The states after each row takes its token, (R,) -> (R,). A token
+        that continues the current word is read so first; else one that
+        starts a listed word begins it; else punctuation after a whole word
+        closes it; anything else (a forced prefix's own word) leads to
+        OUTSIDE until the next word starts."""
+        child = self._lookup(states, tokens)
+        other = torch.where(self.punctuation[tokens] & self.at_boundary(states),
+                            torch.full_like(states, PUNCTUATION), torch.full_like(states, OUTSIDE))
+        new_word = torch.where(self.starts[tokens], self._lookup(torch.full_like(states, LATER), tokens), other)
+        return torch.where(child >= 0, child, new_word)
+
+    def _lookup(self, states: Tensor, tokens: Tensor) -> Tensor:
+        """Child of each state by its token, -1 where there is none."""
+        key = states * self.vocab_size + tokens
+        where = torch.searchsorted(self.keys, key).clamp(max=len(self.keys) - 1)
+        return torch.where(self.keys[where] == key, self.key_nodes[where], torch.full_like(states, -1))
+
+
+def closing_punctuation(tokenizer) -> list[int]:
+    """Ids whose text joins the word before it with no space and is only
+    printable non-alphanumeric characters (",", ".", ")"; not "'s", nor a
+    control character's byte, nor part of a multi-byte letter): found by
+    decoding each id after a whole word, as ``Tokenizer.word_pieces`` is."""
+    anchor = tokenizer.encode("the")
+    if not anchor:
+        return []
+    skip = set(tokenizer.frame_ids) | {tokenizer.unk_id}
+    candidates = [i for i in range(tokenizer.vocab_size) if i not in skip]
+    texts = tokenizer.backend.decode_batch([anchor + [i] for i in candidates], skip_special_tokens=False)
+    out = []
+    for token_id, text in zip(candidates, texts):
+        rest = text.lstrip()[len("the"):] if text.lstrip().startswith("the") else ""
+        if rest and all(c.isprintable() and not (c.isalnum() or c.isspace() or c == "\ufffd") for c in rest):
+            out.append(token_id)
+    return out
