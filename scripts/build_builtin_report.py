@@ -136,6 +136,8 @@ def _markdown(r: dict) -> str:
         "(the NLL of the two-stage model). Exact match: greedy decoding from the posterior mean"
         + (f" (refined by {v['settings']['refine_steps']} steps, textvae/inference.py)"
            if v["settings"].get("refine_steps") else "")
+        + (", decoding held to the training corpus's words (model.known_words: a sentence with a word the corpus "
+           "lacks cannot come back; `--any-words` lifts it, below)" if v["settings"].get("known_words") else "")
         + " equals the input, case and spacing aside. ELBO and KL are against N(0, I), the prior the VAE was trained with. "
         f"Training: {vt['steps']:,} steps ({vt['stop_reason']}); LM {lt['steps']:,} steps.",
         "",

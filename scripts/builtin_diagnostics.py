@@ -5,6 +5,7 @@ under the language model as the mixture's covariances are shrunk
 (a sampling temperature: z = mu_k + tau * L_k eps). With ``--refine N,M``
 the exact match and BLEU again with each mean refined by N, M steps
 (semi-amortized inference, textvae/inference.py), with their seconds.
+Decoding may spell any word unless ``--known-words`` (textvae/lexicon.py).
 
     python scripts/builtin_diagnostics.py runs/builtin3 [--data data/wordnet] [--samples 300] [--refine 10,30]
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import json
 import sys
 import time
@@ -49,9 +51,11 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=300)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--refine", default="", help="comma-separated refinement steps to measure as well")
+    parser.add_argument("--known-words", action="store_true", help="hold decoding to the training corpus's words")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     vae, lm = TextVAE.from_pretrained(Path(args.run) / "vae"), TextVAE.from_pretrained(Path(args.run) / "lm")
+    vae.config.model = dataclasses.replace(vae.config.model, known_words=args.known_words)
     data = Path(args.data)
     test = [t for t in (data / "test.txt").read_text().splitlines() if t.strip()]
     seen = collections.Counter(w for line in (data / "train.txt").read_text().lower().splitlines() for w in line.split())

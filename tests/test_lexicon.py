@@ -8,6 +8,8 @@ on the command line choose it; ``textvae train`` saves the corpus's words."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import string
 
 import pytest
@@ -175,3 +177,16 @@ def test_the_automaton_never_leaves_the_trie_for_listed_spellings():
         assert words.allowed(state)[0, token], "a listed sentence's own tokens are always allowed"
         state = words.advance(state, torch.tensor([token]))
     assert int(state) != FIRST and bool(words.terminal[state])
+
+
+def test_eval_decodes_as_the_run_says_and_records_it(cli, trained_run, shared_corpus, tmp_path):
+    run, out = tmp_path / "run", tmp_path / "eval.json"
+    shutil.copytree(trained_run, run)  # eval writes the run's eval_test.json; the shared run stays as it is
+    config = json.loads((run / "config.json").read_text())
+    config["model"]["known_words"] = True
+    (run / "config.json").write_text(json.dumps(config))
+    result = cli("eval", run, "--data", shared_corpus, "--iw-samples", "2", "--samples", "20", "--json", out)
+    assert result.code == 0 and "decoding held to the corpus's words" in result.out
+    saved = json.loads(out.read_text())
+    assert saved["settings"]["known_words"] is True
+    assert words_of(saved["examples"]) <= set(corpus_words(TRAIN))

@@ -12,7 +12,8 @@ model gets follow the shared schema of ``results.py``:
   models with different tokenizers compare.
 - mi: I(x; z) under q (He et al. 2019); au: active units (Burda et al. 2016).
 - bleu: sacrebleu corpus BLEU of greedy reconstructions from the posterior
-  mean (refined by ``objective.refine_steps``, inference.py) against the
+  mean (refined by ``objective.refine_steps``, inference.py; held to the
+  corpus's words with ``model.known_words``, lexicon.py) against the
   inputs; exact_match: the share of those reconstructions equal to their
   input, case and spacing aside; distinct_1/2, self_bleu and mean_length of
   prior samples, against the data's mean length.
@@ -108,7 +109,8 @@ def evaluate_text(model, split: TextSplit, settings: EvalSettings, device: torch
         data_mean_length=sum(len(r.split()) for r in references) / len(references),
         examples=samples[:5],
     )
-    result["settings"] = {**asdict(settings), "refine_steps": model.config.objective.refine_steps}
+    result["settings"] = {**asdict(settings), "refine_steps": model.config.objective.refine_steps,
+                          "known_words": model.config.model.known_words}
     result["timings"] = {k: round(v, 2) for k, v in timings.items()}
     return result
 
@@ -134,7 +136,8 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [f"{result['split']}: {result['sentences']:,} sentences, {result['tokens']:,} tokens, "
              f"{result['settings']['iw_samples']} importance samples, {result['settings']['precision']}"
              + (f", reconstructions from means refined by {refine} steps"
-                if (refine := result["settings"].get("refine_steps")) else "")]
+                if (refine := result["settings"].get("refine_steps")) else "")
+             + (", decoding held to the corpus's words" if result["settings"].get("known_words") else "")]
     for key, label, meaning in ROWS:
         if key in result:
             value = result[key]
