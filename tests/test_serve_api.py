@@ -92,6 +92,22 @@ def test_sample_and_complete(client, explorer):
     assert len(completions) == 3 and all(s.startswith("the cat") for s in completions)
 
 
+def test_known_words_in_the_api(client, explorer):
+    words = set(explorer.model.tokenizer.words)
+    info = client.get("/api/info").json()
+    assert info["tokenizer"]["words"] == len(words) > 0 and info["config"]["model"]["known_words"] is False
+    body = {"n": 8, "temperature": 3.0, "seed": 1}
+    held = post(client, "/api/sample", {**body, "known_words": True})["sentences"]
+    assert held == explorer.model.sample(8, seed=1, temperature=3.0, words=True)
+    assert {w for s in held for w in s.split()} <= words
+    assert post(client, "/api/sample", {**body, "known_words": False})["sentences"] == post(client, "/api/sample",
+                                                                                             body)["sentences"]
+    completions = post(client, "/api/complete", {"prefix": "the cat", "n": 4, "seed": 0, "temperature": 3.0,
+                                                 "known_words": True})["sentences"]
+    assert {w for s in completions for w in s.split()} <= words
+    assert client.post("/api/sample", json={"known_words": "yes"}).status_code == 422
+
+
 def test_map_places_new_sentences_on_the_training_map(client, explorer):
     training = client.get("/api/map").json()
     assert training["available"] and len(training["points"]) == len(training["sentences"]) == len(set(TRAIN))

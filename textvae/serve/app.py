@@ -14,8 +14,8 @@
     POST /api/arithmetic   {"a", "b", "c"} -> decoding of z(a) - z(b) + z(c), or
                            {"sentence", "positive", "negative", "strength"?}: an attribute vector added
 
-Decoding fields (``strategy``, ``temperature``, ``top_p``, ``seed``) are
-accepted wherever sentences are decoded. Every refusal is a 4xx answer with
+Decoding fields (``strategy``, ``temperature``, ``top_p``, ``seed``,
+``known_words``) are accepted wherever sentences are decoded. Every refusal is a 4xx answer with
 ``{"error": "..."}``; an unexpected failure is a 500 with the same shape,
 logged, and the server goes on.
 """
@@ -55,7 +55,8 @@ def _validation_message(error: RequestValidationError) -> tuple[int, str]:
 
 
 def _decoding(body: schemas.Decoding) -> dict[str, Any]:
-    return {"strategy": body.strategy, "temperature": body.temperature, "top_p": body.top_p, "seed": body.seed}
+    return {"strategy": body.strategy, "temperature": body.temperature, "top_p": body.top_p, "seed": body.seed,
+            "words": body.known_words}
 
 
 def create_app(explorer: Explorer) -> FastAPI:

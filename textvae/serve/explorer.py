@@ -158,7 +158,7 @@ class Explorer:
             "run": str(self.run_dir), "config": model.config.to_dict(), "latent_dim": model.latent_dim,
             "parameters": sum(p.numel() for p in model.parameters()),
             "tokenizer": {"source": tokenizer.source, "vocab_size": tokenizer.vocab_size,
-                          "specials": tokenizer.specials},
+                          "specials": tokenizer.specials, "words": len(tokenizer.words)},
             "evaluation": self.evaluation, "latent": self.statistics, "map": latent_map,
             "curves": self.curves, "limits": asdict(self.limits),
         }

@@ -25,6 +25,7 @@ class Decoding(Body):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     seed: Optional[int] = None
+    known_words: Optional[bool] = None  # only the training corpus's words; None: the run's model.known_words
 
 
 class Sentences(Body):
