@@ -25,7 +25,6 @@ batch of R rows is a few vectorised operations per step, no Python per row.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterable
 
 import torch
@@ -98,14 +97,6 @@ class WordConstraint:
     @property
     def nodes(self) -> int:
         return len(self.terminal)
-
-    @classmethod
-    def from_file(cls, tokenizer, path: str | Path) -> "WordConstraint":
-        """The words of a text file (whitespace-separated, any number a line)."""
-        path = Path(path)
-        if not path.is_file():
-            raise TextVAEError(f"word list {path} not found")
-        return cls(tokenizer, path.read_text(encoding="utf-8", errors="replace").split())
 
     def to(self, device: torch.device | str) -> "WordConstraint":
         device = torch.device(device)
