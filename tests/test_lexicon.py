@@ -190,3 +190,63 @@ def test_eval_decodes_as_the_run_says_and_records_it(cli, trained_run, shared_co
     saved = json.loads(out.read_text())
     assert saved["settings"]["known_words"] is True
     assert words_of(saved["examples"]) <= set(corpus_words(TRAIN))
+
+
+def walk(words: WordConstraint, tokens: list[int]) -> torch.Tensor:
+    """The state after ``tokens``, each checked to be allowed on the way."""
+    state = words.initial(1)
+    for token in tokens:
+        assert words.allowed(state)[0, token], token
+        state = words.advance(state, torch.tensor([token]))
+    return state
+
+
+def test_punctuation_on_the_way_to_a_listed_word_also_closes_the_word_before():
+    tokenizer = tokenizer_of("bpe")
+    words = WordConstraint(tokenizer, ["the", "u", "u.s.", "cat", "well-known"])
+    for listed in ("the u.s.", "the well-known"):  # words with punctuation inside stay reachable
+        assert words.allowed(walk(words, tokenizer.encode(listed)))[0, tokenizer.eos_id]
+    stop = walk(words, tokenizer.encode("the u."))
+    assert len(tokenizer.encode("the u.")) == len(tokenizer.encode("the u")) + 1, "'.' is its own token here"
+    assert words.allowed(stop)[0, tokenizer.eos_id], "'u.' is 'u' closed by '.'"
+    later = tokenizer.encode("the cat")[len(tokenizer.encode("the")):]
+    assert words.allowed(stop)[0, later[0]]
+    dash = walk(words, tokenizer.encode("the well-"))
+    assert not words.allowed(dash)[0, tokenizer.eos_id], "'-' does not close a word"
+
+
+def test_a_wordpiece_stop_that_could_start_a_listed_word_still_ends_the_sentence():
+    tokenizer = build_tokenizer(TokenizerConfig(spec="wordpiece", vocab_size=80), TRAIN + ["wait... then go."])
+    words = WordConstraint(tokenizer, ["cat", "dog", "..."])
+    state = walk(words, tokenizer.encode("cat."))
+    assert words.allowed(state)[0, tokenizer.eos_id]
+
+
+def test_only_closing_punctuation_follows_a_word():
+    tokenizer = tokenizer_of("bpe")
+    words = WordConstraint(tokenizer, ["cat"])
+    allowed = words.allowed(walk(words, tokenizer.encode("cat")))[0]
+    for mark in ",.)?!":
+        assert allowed[tokenizer.encode("cat" + mark)[-1]], mark
+    for mark in "(@$[\\":
+        token = tokenizer.encode("cat" + mark)[-1]
+        assert not allowed[token], mark
+
+
+def test_a_word_file_is_built_into_one_trie_for_all_chunks(cli, trained_run, tmp_path, monkeypatch):
+    import textvae.lexicon as lexicon
+
+    builds = []
+    original = lexicon.WordConstraint.__init__
+
+    def counting(self, *args, **kwargs):
+        builds.append(1)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(lexicon.WordConstraint, "__init__", counting)
+    listed = tmp_path / "words.txt"
+    listed.write_text("the cat dog\n")
+    result = cli("sample", trained_run, "-n", "600", "--seed", "0", "--words", listed)  # 3 chunks of 256
+    assert result.code == 0 and len(result.out_lines) == 600 and len(builds) == 1
+    result = cli("reconstruct", trained_run, "--words", listed, stdin=("the cat sat\n" * 300).encode())
+    assert result.code == 0 and len(builds) == 2

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from .errors import TextVAEError
+from .tokenization import clean_text
 
 # Fixed states: the roots (sentence start, after a word), inside a word off
 # the list (a prefix's own), and after punctuation that closed a word.
@@ -43,7 +44,7 @@ class WordConstraint:
     whitespace-free strings), as tensors for batched decoding."""
 
     def __init__(self, tokenizer, words: Iterable[str]) -> None:
-        words = sorted({w for w in words if w and not any(c.isspace() for c in w)})
+        words = sorted({w for raw in words for w in clean_text(raw).split()})  # as the tokenizer will see them
         if not words:
             raise TextVAEError("the word list for constrained decoding is empty")
         self.vocab_size, self.eos_id, self.words = tokenizer.vocab_size, tokenizer.eos_id, len(words)
@@ -72,6 +73,14 @@ class WordConstraint:
                 terminal[node] = True
         if not children[FIRST]:
             raise TextVAEError("no word of the list can be spelt by this model's tokenizer")
+        punctuation = set(closing_punctuation(tokenizer))
+        # A node reached by punctuation from a whole word ("well" "-" on the way to "well-known";
+        # "." on the way to "...") also closes that word: it allows what follows a whole word.
+        ended = list(terminal)
+        for parent, edges in enumerate(children):  # a child's id is above its parent's
+            for token, child in edges.items():
+                if token in punctuation and (parent == LATER or ended[parent]):
+                    ended[child] = True
         counts = torch.tensor([len(c) for c in children])  # (N,)
         self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])  # (N+1,)
         self.counts = counts
@@ -81,12 +90,12 @@ class WordConstraint:
         keys = parents * self.vocab_size + self.child_tokens
         self.keys, order = keys.sort()  # (E,) node * V + token, for advancing by binary search
         self.key_nodes = self.child_nodes[order]
-        self.terminal = torch.tensor(terminal)  # (N,)
+        self.terminal = torch.tensor(ended)  # (N,) a sentence may end or another word begin here
         self.starts = torch.zeros(self.vocab_size, dtype=torch.bool)  # (V,) first tokens of a later word
         self.starts[list(children[LATER])] = True
         # After a whole word: another, or punctuation that closes it ("day," "it)"), listed or not.
         self.punctuation = torch.zeros(self.vocab_size, dtype=torch.bool)
-        self.punctuation[list(closing_punctuation(tokenizer))] = True
+        self.punctuation[list(punctuation)] = True
         self.follows = self.starts | self.punctuation
         # Inside a word off the list (a prefix's own): its pieces, a listed word, punctuation, or the end.
         self.outside = self.follows.clone()
@@ -161,11 +170,14 @@ class WordConstraint:
         return torch.where(self.keys[where] == key, self.key_nodes[where], torch.full_like(states, -1))
 
 
+CLOSING = set(".,;:!?)]}'\"\u2019\u201d\u00bb\u2026")  # what may close a word: "day," "it)" "so?'"
+
+
 def closing_punctuation(tokenizer) -> list[int]:
     """Ids whose text joins the word before it with no space and is only
-    printable non-alphanumeric characters (",", ".", ")"; not "'s", nor a
-    control character's byte, nor part of a multi-byte letter): found by
-    decoding each id after a whole word, as ``Tokenizer.word_pieces`` is."""
+    closing punctuation (``CLOSING``: ",", ".", ")", ...; not "(", "@" nor a
+    control character's byte): found by decoding each id after a whole word,
+    as ``Tokenizer.word_pieces`` is."""
     anchor = tokenizer.encode("the")
     if not anchor:
         return []
@@ -175,6 +187,6 @@ def closing_punctuation(tokenizer) -> list[int]:
     out = []
     for token_id, text in zip(candidates, texts):
         rest = text.lstrip()[len("the"):] if text.lstrip().startswith("the") else ""
-        if rest and all(c.isprintable() and not (c.isalnum() or c.isspace() or c == "\ufffd") for c in rest):
+        if rest and all(c in CLOSING for c in rest):
             out.append(token_id)
     return out

@@ -152,7 +152,7 @@ class TextVAE(BaseVAE):
         if self._word_constraint is None:
             if not self.tokenizer.words:
                 raise TextVAEError("this model has no word list (tokenizer/words.txt, written by `textvae train` "
-                                   "since known-word decoding exists): give one with --words FILE")
+                                   "since known-word decoding exists): give a list of words instead (--words FILE)")
             self._word_constraint = WordConstraint(self.tokenizer, self.tokenizer.words)
         return self._word_constraint
 

@@ -140,7 +140,9 @@ class Tokenizer:
             raise TextVAEError(f"{backend_path} is malformed: {first}") from None
         tokenizer = cls(backend, specials, meta.get("source", ""))  # meta is a mapping: meta["specials"] was read
         words_path = directory / WORDS_FILE
-        if words_path.is_file() and words_path.stat().st_size <= MAX_TOKENIZER_BYTES:
+        if words_path.is_file():
+            if words_path.stat().st_size > MAX_TOKENIZER_BYTES:
+                raise TextVAEError(f"{words_path} is larger than {MAX_TOKENIZER_BYTES // 2**20} MiB: not a word list")
             tokenizer.words = words_path.read_text(encoding="utf-8", errors="replace").split()
         return tokenizer
 

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import Optional
 
 from ..errors import TextVAEError
 from ..model import TextVAE
@@ -94,11 +95,17 @@ def register(commands) -> None:
     p.set_defaults(handler=_interpolate)
 
 
-def _load(args: argparse.Namespace) -> TextVAE:
+def _load(args: argparse.Namespace, options: Optional[dict] = None) -> TextVAE:
+    """The run's model; a ``--words FILE`` list in ``options`` becomes its
+    trie here, once, not once a chunk."""
     device = resolve_device(args.device)
     govern(0, device)  # one thread per core the other processes leave free (threads.py)
     model = TextVAE.from_pretrained(args.run, device=device)
     set_refine(model, getattr(args, "refine", None))
+    if options is not None and isinstance(options.get("words"), list):
+        from ..operations import word_constraint
+
+        options["words"] = word_constraint(model, options["words"])
     return model
 
 
@@ -160,7 +167,7 @@ def _sample(args: argparse.Namespace) -> None:
     from ..operations import sample_stream
 
     options = _options(args)
-    for lines in sample_stream(_load(args), args.n, **options):  # the first lines come out at once
+    for lines in sample_stream(_load(args, options), args.n, **options):  # the first lines come out at once
         _emit(lines)
         sys.stdout.flush()
 
@@ -171,7 +178,7 @@ def _chunks(texts: list[str]):
 
 def _reconstruct(args: argparse.Namespace) -> None:
     texts, options = _texts(args), _options(args)
-    model = _load(args)
+    model = _load(args, options)
     for chunk in _chunks(texts):
         _emit(model.reconstruct(chunk, **options))
 
@@ -192,7 +199,7 @@ def _complete(args: argparse.Namespace) -> None:
     require(args.n <= MAX_AT_ONCE and args.proposals <= MAX_PROPOSALS,
             f"complete writes at most -n {MAX_AT_ONCE:,} with at most --proposals {MAX_PROPOSALS:,}")
     options = _options(args)
-    _emit(_load(args).complete(args.prefix, args.n, proposals=args.proposals, continue_word=args.continue_word,
+    _emit(_load(args, options).complete(args.prefix, args.n, proposals=args.proposals, continue_word=args.continue_word,
                                **options))
 
 
@@ -202,5 +209,5 @@ def _interpolate(args: argparse.Namespace) -> None:
             raise TextVAEError("interpolation endpoints must not be empty")
     require(args.steps <= MAX_AT_ONCE, f"--steps must be <= {MAX_AT_ONCE:,}")
     options = _options(args)
-    _emit(_load(args).interpolate(args.start, args.end, args.steps, method=args.method, **options))
+    _emit(_load(args, options).interpolate(args.start, args.end, args.steps, method=args.method, **options))
 

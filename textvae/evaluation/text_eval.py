@@ -12,11 +12,12 @@ model gets follow the shared schema of ``results.py``:
   models with different tokenizers compare.
 - mi: I(x; z) under q (He et al. 2019); au: active units (Burda et al. 2016).
 - bleu: sacrebleu corpus BLEU of greedy reconstructions from the posterior
-  mean (refined by ``objective.refine_steps``, inference.py; held to the
-  corpus's words with ``model.known_words``, lexicon.py) against the
+  mean (refined by ``objective.refine_steps``, inference.py) against the
   inputs; exact_match: the share of those reconstructions equal to their
   input, case and spacing aside; distinct_1/2, self_bleu and mean_length of
-  prior samples, against the data's mean length.
+  prior samples, against the data's mean length. Reconstructions and samples
+  alike are held to the corpus's words where ``model.known_words`` says so
+  (lexicon.py).
 """
 
 from __future__ import annotations
