@@ -40,13 +40,18 @@ FLUENCY_MARGIN = 1.0
 KNOWN_WORDS_MARGIN = 0.05
 
 
+def shown_samples(fluency: dict) -> dict:
+    """The fluency figures of the samples `textvae sample` gives (model.known_words decides)."""
+    return fluency[fluency.get("default_samples", "mixture_sample")]
+
+
 def shortfalls(vae_eval: dict, fluency: dict) -> list[str]:
     """Why a candidate does not ship (empty: it does)."""
     out = []
     if vae_eval["exact_match"] < EXACT_BAR:
         out.append(f"it gives back {100 * vae_eval['exact_match']:.1f}% of the test sentences exactly, short of "
                    f"the {100 * EXACT_BAR:.0f}% a built-in model must reach")
-    shown = fluency[fluency.get("default_samples", "mixture_sample")]  # what `textvae sample` gives
+    shown = shown_samples(fluency)
     samples, test = shown["nll_per_word"], fluency["test_split"]["nll_per_word"]
     if samples > test + FLUENCY_MARGIN:
         out.append(f"its prior samples do not read like the corpus ({samples:.2f} nats per word under the LM "
@@ -76,7 +81,7 @@ def build_report(out: Path, report: dict, args) -> dict:
         "BLEU of reconstructions": f"{vae_eval['bleu']:.1f}",
         "test NLL (IW, 500 samples)": f"{vae_eval['nll']:.2f} nats/sentence (same-size LM: {lm_eval['nll']:.2f})",
         "KL / MI / AU": f"{vae_eval['kl']:.1f} / {vae_eval['mi']:.2f} / {vae_eval['au']}/{len(vae_eval['au_variances'])}",
-        "sample NLL per word under the LM": f"{fluency[fluency.get('default_samples', 'mixture_sample')]['nll_per_word']:.2f} "
+        "sample NLL per word under the LM": f"{shown_samples(fluency)['nll_per_word']:.2f} "
                                             f"(test sentences: {fluency['test_split']['nll_per_word']:.2f})",
     }
     card = {

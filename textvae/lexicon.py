@@ -176,17 +176,5 @@ CLOSING = set(".,;:!?)]}'\"\u2019\u201d\u00bb\u2026")  # what may close a word: 
 def closing_punctuation(tokenizer) -> list[int]:
     """Ids whose text joins the word before it with no space and is only
     closing punctuation (``CLOSING``: ",", ".", ")", ...; not "(", "@" nor a
-    control character's byte): found by decoding each id after a whole word,
-    as ``Tokenizer.word_pieces`` is."""
-    anchor = tokenizer.encode("the")
-    if not anchor:
-        return []
-    skip = set(tokenizer.frame_ids) | {tokenizer.unk_id}
-    candidates = [i for i in range(tokenizer.vocab_size) if i not in skip]
-    texts = tokenizer.backend.decode_batch([anchor + [i] for i in candidates], skip_special_tokens=False)
-    out = []
-    for token_id, text in zip(candidates, texts):
-        rest = text.lstrip()[len("the"):] if text.lstrip().startswith("the") else ""
-        if rest and all(c in CLOSING for c in rest):
-            out.append(token_id)
-    return out
+    control character's byte), by ``Tokenizer.after_word``."""
+    return [token_id for token_id, rest in tokenizer.after_word.items() if rest and all(c in CLOSING for c in rest)]

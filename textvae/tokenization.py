@@ -58,26 +58,35 @@ class Tokenizer:
         return max(self.backend.get_vocab(with_added_tokens=True).values()) + 1
 
     @functools.cached_property
+    def after_word(self) -> dict[int, str]:
+        """What each id's text adds after a whole word: the text of "the"
+        followed by the id, less "the" ("##ing" -> "ing", a byte-level piece
+        with its leading space -> " piece"). Decoding each id after a word is
+        how ``word_pieces`` and known-word decoding (lexicon.py) classify ids
+        for any tokenizer. Frame ids and unk are left out; empty where "the"
+        has no tokens."""
+        anchor = self.encode("the")
+        if not anchor:
+            return {}
+        candidates = [i for i in range(self.vocab_size) if i not in self.frame_ids and i != self.unk_id]
+        texts = self.backend.decode_batch([anchor + [i] for i in candidates], skip_special_tokens=False)
+        out = {}
+        for token_id, text in zip(candidates, texts):
+            text = text.lstrip()
+            out[token_id] = text[len("the"):] if text.startswith("the") else ""
+        return out
+
+    @functools.cached_property
     def word_pieces(self) -> tuple[int, ...]:
         """Ids that continue the word before them (``##ing`` in WordPiece, a
         byte-level BPE piece without its leading space, ...): the ones whose
         text joins the previous word with no space and starts with a letter, a
-        digit or a non-ASCII character (a byte of an accented letter). Found by
-        decoding each id after a whole word, so it holds for any tokenizer; a
-        completion of ``"the man"`` excludes them as its first token so that it
-        does not turn "man" into "manner"."""
-        anchor = self.encode("the")
-        if not anchor:
-            return ()
-        candidates = [i for i in range(self.vocab_size) if i not in self.frame_ids and i != self.unk_id]
-        texts = self.backend.decode_batch([anchor + [i] for i in candidates], skip_special_tokens=False)
-        pieces = []
-        for token_id, text in zip(candidates, texts):
-            text = text.lstrip()
-            rest = text[len("the"):] if text.startswith("the") else ""
-            if rest[:1].isalnum() or rest[:1] and not rest[0].isascii() and not rest[0].isspace():
-                pieces.append(token_id)  # letters, digits, and the non-ASCII bytes of a letter
-        return tuple(pieces)
+        digit or a non-ASCII character (a byte of an accented letter), by
+        ``after_word``, so it holds for any tokenizer; a completion of
+        ``"the man"`` excludes them as its first token so that it does not
+        turn "man" into "manner"."""
+        return tuple(token_id for token_id, rest in self.after_word.items()
+                     if rest[:1].isalnum() or rest[:1] and not rest[0].isascii() and not rest[0].isspace())
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Token ids of each text (cleaned by ``clean_text``), without bos/eos."""
