@@ -250,3 +250,23 @@ def test_a_word_file_is_built_into_one_trie_for_all_chunks(cli, trained_run, tmp
     assert result.code == 0 and len(result.out_lines) == 600 and len(builds) == 1
     result = cli("reconstruct", trained_run, "--words", listed, stdin=("the cat sat\n" * 300).encode())
     assert result.code == 0 and len(builds) == 2
+
+
+@pytest.mark.parametrize("strategy", ["sample", "greedy", "beam"])
+def test_near_max_length_only_a_word_that_fits_is_begun(strategy):
+    tokenizer = tokenizer_of("bpe")
+    model = random_model(tokenizer)
+    words = WordConstraint(tokenizer, LISTED)
+    lengths = [len(tokenizer.encode(w)) for w in LISTED]
+    assert min(lengths) == 1 and max(lengths) > 2, "the test needs short and long words"
+    z = torch.randn(48, 4, generator=torch.Generator().manual_seed(3))
+    for max_length in (2, 3, 5):
+        out = generate(model.decoder, z, 48, tokenizer.bos_id, tokenizer.eos_id,
+                       GenerationConfig(strategy, max_length=max_length, words=words),
+                       generator=torch.Generator().manual_seed(0), forbidden=tokenizer.never_generated)
+        assert all(0 < len(ids) <= max_length for ids in out), "never empty, never longer"
+        for ids in out:  # the tokens spell whole listed words: nothing was cut off at max_length
+            state = words.initial(1)
+            for token in ids:
+                state = words.advance(state, torch.tensor([token]))
+            assert bool(words.terminal[state]), tokenizer.decode(ids)

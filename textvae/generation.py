@@ -142,7 +142,7 @@ def generate(decoder: nn.Module, z: Optional[Tensor], batch_size: int, bos_id: i
         live_prefix = prefix_len[live]
         logits = _mask_first(logits, live_prefix, position, not_first)
         if words is not None:
-            logits = words.mask(logits, spelt)
+            logits = words.mask(logits, spelt, config.max_length - position - 1)  # a last word that fits
         token = choose(logits, config, generator, live, batch_size)  # (R,)
         forced = live_prefix > position
         if bool(forced.any()):
@@ -165,7 +165,7 @@ def generate(decoder: nn.Module, z: Optional[Tensor], batch_size: int, bos_id: i
             whole[live[boundary]] = torch.clamp_min(prefix_len[live[boundary]], position + 1)
         hidden, state = decoder(token.unsqueeze(1), state)
         logits = _next_logits(decoder, hidden, forbidden)
-    if words is not None and len(live):  # cut at max_length: drop a half-spelt last word
+    if words is not None and len(live):  # cut at max_length: drop a half-spelt last word (a forced prefix's)
         for row, length in zip(live.tolist(), whole[live].tolist()):
             out[row, length:] = eos_id
     return [_until_eos(row, eos_id, len(prefixes[i])) for i, row in enumerate(out.tolist())]
@@ -207,7 +207,8 @@ def beam_search(decoder: nn.Module, z: Optional[Tensor], batch_size: int, bos_id
     for position in range(config.max_length + 1):
         logits = _mask_first(logits, prefix_len[rows], position, not_first)
         if words is not None and position < config.max_length:  # a forced token or the final eos stands
-            logits = torch.where((prefix_len[rows] > position).unsqueeze(1), logits, words.mask(logits, spelt))
+            held = words.mask(logits, spelt, config.max_length - position - 1)  # a last word that fits
+            logits = torch.where((prefix_len[rows] > position).unsqueeze(1), logits, held)
         log_probs = logits.log_softmax(-1).view(batch_size, width, vocab)
         forced = (prefix_len > position).view(batch_size, 1, 1)
         if bool(forced.any()):

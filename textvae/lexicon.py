@@ -25,7 +25,7 @@ batch of R rows is a few vectorised operations per step, no Python per row.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Optional
 
 import torch
 from torch import Tensor
@@ -81,6 +81,12 @@ class WordConstraint:
             for token, child in edges.items():
                 if token in punctuation and (parent == LATER or ended[parent]):
                     ended[child] = True
+        # Tokens still needed to finish the word under way at each node (0 where one is whole), so
+        # that decoding near max_length only starts or continues a word it can end in time.
+        finish = [0 if ended[node] or node == OUTSIDE else len(children) for node in range(len(children))]
+        for node in range(len(children) - 1, -1, -1):  # children after parents: theirs are final
+            for child in children[node].values():
+                finish[node] = min(finish[node], finish[child] + 1)
         counts = torch.tensor([len(c) for c in children])  # (N,)
         self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])  # (N+1,)
         self.counts = counts
@@ -91,8 +97,11 @@ class WordConstraint:
         self.keys, order = keys.sort()  # (E,) node * V + token, for advancing by binary search
         self.key_nodes = self.child_nodes[order]
         self.terminal = torch.tensor(ended)  # (N,) a sentence may end or another word begin here
+        self.finish = torch.tensor(finish)  # (N,) fewest tokens from here to a whole word
         self.starts = torch.zeros(self.vocab_size, dtype=torch.bool)  # (V,) first tokens of a later word
         self.starts[list(children[LATER])] = True
+        self.start_finish = torch.zeros(self.vocab_size, dtype=torch.long)  # (V,) the same after a word's first token
+        self.start_finish[list(children[LATER])] = self.finish[list(children[LATER].values())]
         # After a whole word: another, or punctuation that closes it ("day," "it)"), listed or not.
         self.punctuation = torch.zeros(self.vocab_size, dtype=torch.bool)
         self.punctuation[list(punctuation)] = True
@@ -111,7 +120,7 @@ class WordConstraint:
         device = torch.device(device)
         if device != self.device:
             for name in ("offsets", "counts", "child_tokens", "child_nodes", "keys", "key_nodes", "terminal",
-                         "starts", "punctuation", "follows", "outside"):
+                         "finish", "starts", "start_finish", "punctuation", "follows", "outside"):
                 setattr(self, name, getattr(self, name).to(device))
             self.device = device
         return self
@@ -120,8 +129,11 @@ class WordConstraint:
         """The state at the start of a sentence, (rows,)."""
         return torch.full((rows,), FIRST, dtype=torch.long, device=self.device)
 
-    def allowed(self, states: Tensor) -> Tensor:
-        """(R,) states -> (R, V) bool: the tokens each row may take next."""
+    def allowed(self, states: Tensor, room: Optional[int] = None) -> Tensor:
+        """(R,) states -> (R, V) bool: the tokens each row may take next. With
+        ``room`` (the tokens left after this one), only those that leave a
+        word that can be finished within it: a sentence that runs to
+        max_length ends with a whole word instead of losing a half-spelt one."""
         rows = len(states)
         mask = torch.zeros(rows, self.vocab_size, dtype=torch.bool, device=self.device)
         counts = self.counts[states]  # (R,)
@@ -131,10 +143,19 @@ class WordConstraint:
             first = torch.cumsum(counts, 0) - counts  # (R,) where each row's run starts in the flat list
             edge = self.offsets[states][row] + torch.arange(total, device=self.device) - first[row]
             mask[row, self.child_tokens[edge]] = True
+            if room is not None:  # a child is read before a new word (advance): it alone decides its token
+                late = self.finish[self.child_nodes[edge]] > room
+                mask[row[late], self.child_tokens[edge[late]]] = False
+                children = torch.zeros_like(mask)
+                children[row, self.child_tokens[edge]] = True
         ended = self.terminal[states]  # (R,) a word is complete here
-        mask |= ended.unsqueeze(1) & self.follows
+        follows = self.follows if room is None else self.follows & (self.start_finish <= room)
+        after = ended.unsqueeze(1) & follows
+        if room is not None and total:
+            after &= ~children
+        mask |= after
         mask[:, self.eos_id] |= ended
-        mask[states == OUTSIDE] = self.outside
+        mask[states == OUTSIDE] = self.outside if room is None else self.outside & (self.start_finish <= room)
         return mask
 
     def at_boundary(self, states: Tensor) -> Tensor:
@@ -143,11 +164,12 @@ class WordConstraint:
         half-spelt word."""
         return self.terminal[states] | (states == OUTSIDE)
 
-    def mask(self, logits: Tensor, states: Tensor) -> Tensor:
-        """logits (R, V) with every disallowed token at -inf; a row left with
-        nothing (a forced prefix that ends inside a word no list word
-        completes, a token the caller also forbids) keeps its own logits."""
-        allowed = self.allowed(states) & (logits > float("-inf"))
+    def mask(self, logits: Tensor, states: Tensor, room: Optional[int] = None) -> Tensor:
+        """logits (R, V) with every disallowed token at -inf (``room`` as in
+        ``allowed``); a row left with nothing (a forced prefix that ends inside
+        a word no list word completes, a token the caller also forbids) keeps
+        its own logits."""
+        allowed = self.allowed(states, room) & (logits > float("-inf"))
         empty = ~allowed.any(-1, keepdim=True)
         return logits.masked_fill(~(allowed | empty), float("-inf"))
 
