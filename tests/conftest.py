@@ -127,7 +127,7 @@ def tiny_config(**sections) -> Config:
         "model": {"embed_dim": 16, "hidden_dim": 16, "latent_dim": 4, "bn_vae_gamma": 0.0},
         "objective": {"free_bits": 0.0},  # the tests' plain VAE (the default remedies are off)
         "train": {"batch_size": 8, "eval_batch_size": 16, "epochs": 2, "lr": 0.01, "log_every": 1,
-                  "device": "cpu"},
+                  "device": "cpu", "ae_pretrain_fraction": 0.0},
     }
     for section, values in sections.items():
         raw.setdefault(section, {}).update(values)
@@ -137,7 +137,8 @@ def tiny_config(**sections) -> Config:
 # The flags that make a CLI training run tiny.
 TINY_FLAGS = [
     "--set", "model.embed_dim=16", "--set", "model.hidden_dim=16", "--set", "model.latent_dim=4",
-    "--set", "objective.free_bits=0", "--set", "model.bn_vae_gamma=0", "--set", "data.max_length=20", "--set", "data.bucket_batches=2",
+    "--set", "objective.free_bits=0", "--set", "model.bn_vae_gamma=0", "--set", "train.ae_pretrain_fraction=0",
+    "--set", "data.max_length=20", "--set", "data.bucket_batches=2",
     "--set", "train.batch_size=8", "--set", "train.eval_batch_size=16", "--set", "train.lr=0.01",
     "--set", "train.device=cpu", "--set", "train.log_every=1",
 ]

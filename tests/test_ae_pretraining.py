@@ -1,6 +1,8 @@
-"""Autoencoder pretraining: the first ``ae_pretrain_epochs`` train with no KL
-term; then the decoder is re-initialised, the encoder kept, the optimiser
-made afresh and the KL schedule started from its beginning."""
+"""Autoencoder pretraining: the first ``ae_pretrain_epochs`` (or the first
+``ae_pretrain_fraction`` of the run) train with no KL term; then the decoder
+is re-initialised, the encoder kept, the optimiser made afresh and the KL
+schedule started from its beginning. A text model's default has it; a run
+saved before the fraction existed, and an image model, do not."""
 
 import copy
 
@@ -41,3 +43,29 @@ def test_ae_pretraining_then_fresh_decoder_and_kept_encoder(word_tokenizer, tmp_
     assert [weights[per_epoch + 1 + i] for i in range(per_epoch)] == \
         pytest.approx([min(1.0, i / 4) for i in range(per_epoch)])
     assert trainer.state.phase_start == per_epoch
+
+
+@pytest.mark.parametrize("fraction, switch", [(0.3, 3), (0.25, 3), (0.5, 5)])
+def test_a_fraction_of_the_run_as_an_autoencoder(word_tokenizer, tmp_path, fraction, switch):
+    trainer = make_trainer(word_tokenizer, tmp_path / "run", objective={"kl_schedule": "linear", "kl_warmup_steps": 4},
+                           epochs=10, max_steps=10, ae_pretrain_fraction=fraction)
+    resets = []
+    original = trainer.model.reset_decoder
+    trainer.model.reset_decoder = lambda: (resets.append(trainer.state.step), original())
+    trainer.fit()
+    assert resets == [switch] and trainer.state.phase_start == switch  # once, where progress reached the fraction
+    weights = [r["kl_weight"] for r in train_records(tmp_path / "run")]
+    assert weights == pytest.approx([0.0] * switch + [min(1.0, i / 4) for i in range(10 - switch)])
+
+
+def test_the_text_default_has_the_phase_and_old_runs_and_images_do_not():
+    from textvae.config import Config
+    from textvae.errors import TextVAEError
+    from textvae.image.config import ImageConfig
+
+    assert Config().train.ae_pretrain_fraction == 0.25 and Config.from_dict({}).train.ae_pretrain_fraction == 0.25
+    assert ImageConfig().train.ae_pretrain_fraction == 0.0
+    saved = Config.from_dict({"train": {"ae_pretrain_epochs": 0, "lr": 0.01}})  # a config.json written before
+    assert saved.train.ae_pretrain_fraction == 0.0
+    with pytest.raises(TextVAEError, match="ae_pretrain_fraction"):
+        Config.from_dict({"train": {"ae_pretrain_fraction": 1.0}})

@@ -33,6 +33,7 @@ def test_resume_honours_a_new_learning_rate(cli, shared_corpus, tmp_path, caplog
     ("train.batch_size=4", "train.batch_size cannot change"),
     ("train.optimizer=sgd", "train.optimizer cannot change"),
     ("train.seed=5", "train.seed cannot change"),
+    ("train.ae_pretrain_fraction=0.5", "train.ae_pretrain_fraction cannot change"),
 ])
 def test_resume_refuses_what_it_cannot_honour(cli, trained_run, override, fragment):
     before = {p: p.read_bytes() for p in trained_run.rglob("*") if p.is_file()}

@@ -79,10 +79,9 @@ class ModelConfig:
     latent_injection: str = "both"  # Transformer decoder: "embedding", "memory" or "both"
     memory_vectors: int = 1
     freeze_backbone: bool = False  # hf: encoders/decoders
-    # Posterior-collapse remedies on the latent (latent.py). The default, with
-    # the default free bits, keeps a model trained with no --config from
-    # collapsing on any corpus (README, "The defaults do not collapse").
-    bn_vae_gamma: float = 0.6  # BN-VAE (Zhu et al. 2020); 0 disables
+    # Posterior-collapse remedies on the latent (latent.py); the default remedy
+    # is AE pretraining + free bits (train.ae_pretrain_fraction, objective.free_bits).
+    bn_vae_gamma: float = 0.0  # BN-VAE (Zhu et al. 2020); 0 disables
     delta: float = 0.0  # delta-VAE (Razavi et al. 2019) committed rate; 0 disables
     # p(z) for sampling, completion and IW-NLL (prior.py): "normal" is N(0, I),
     # the prior the VAE trains with; "gmm" a second-stage Gaussian mixture of
@@ -129,9 +128,10 @@ class ObjectiveConfig:
     kl_logistic_k: float = 0.0025
     kl_cycles: int = 4  # cyclical (Fu et al. 2019): number of cycles over train.max_steps / epochs
     kl_cycle_ratio: float = 0.5  # fraction of a cycle spent increasing
-    # With the default BN-VAE, keeps a model trained with no --config from
-    # collapsing: no KL pressure below 0.5 nats a dimension (Kingma et al. 2016).
-    free_bits: float = 0.5  # nats; 0 disables
+    # With the default AE pretraining (TextTrainConfig), keeps a model trained
+    # with no --config from collapsing: no KL pressure below 0.25 nats a
+    # dimension (Kingma et al. 2016; Li et al. 2019's AE-FB).
+    free_bits: float = 0.25  # nats; 0 disables
     free_bits_mode: str = "dim_batch"  # dim_batch (Kingma 2016, Li 2019), dim_example, total (a KL target)
     # Text: weight of the bag-of-words loss, -log p(each target token | z) from
     # a linear head on z (Zhao et al. 2017); it makes z name the sentence's
@@ -206,8 +206,11 @@ class TrainConfig:
     # Longest aggressive phase in (outer) steps, 0: no limit. Each of its steps
     # costs up to aggressive_max_inner + 1 ordinary ones, so a budget needs a cap.
     aggressive_max_steps: int = 0
-    # AE pretraining then a fresh decoder (Li et al. 2019)
+    # AE pretraining then a fresh decoder (Li et al. 2019): for this many epochs,
+    # or, where that is 0, for this fraction of the run (by steps or by the time
+    # budget, as the learning-rate schedule counts it). 0 and 0: none.
     ae_pretrain_epochs: int = 0
+    ae_pretrain_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "eval_batch_size", "checkpoint_every", "log_every",
@@ -220,6 +223,7 @@ class TrainConfig:
         _choice("train.optimizer", self.optimizer, ("adam", "sgd"))
         _choice("train.lr_schedule", self.lr_schedule, ("plateau", "cosine"))
         _check(self.lr_warmup_steps >= 0, "train.lr_warmup_steps must be >= 0")
+        _check(0.0 <= self.ae_pretrain_fraction < 1.0, "train.ae_pretrain_fraction must be in [0, 1)")
         _check(0.0 <= self.lr_final_fraction < 1.0, "train.lr_final_fraction must be in [0, 1)")
         _check(self.time_budget >= 0.0 and math.isfinite(self.time_budget), "train.time_budget must be >= 0 minutes")
         _choice("train.precision", self.precision, ("fp32", "bf16"))
@@ -231,12 +235,21 @@ class TrainConfig:
 
 
 @dataclass
+class TextTrainConfig(TrainConfig):
+    # The default remedy of a text model, with objective.free_bits: the first
+    # quarter of the run (steps, epochs or time budget, so any corpus and run
+    # length) trains an autoencoder, then a fresh decoder trains as a VAE
+    # (Li et al. 2019; README, "The defaults do not collapse").
+    ae_pretrain_fraction: float = 0.25
+
+
+@dataclass
 class Config:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TextTrainConfig = field(default_factory=TextTrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -249,6 +262,10 @@ class Config:
         if isinstance(raw.get("data"), dict) and "num_workers" in raw["data"]:
             # Read nowhere and removed; run folders written before still hold it.
             raw = {**raw, "data": {k: v for k, v in raw["data"].items() if k != "num_workers"}}
+        train = raw.get("train")
+        if isinstance(train, dict) and "ae_pretrain_epochs" in train and "ae_pretrain_fraction" not in train:
+            # A run saved before the fraction existed (or a file that sets the epochs): no AE phase by fraction.
+            raw = {**raw, "train": {**train, "ae_pretrain_fraction": 0.0}}
         return from_dict(cls, raw, "")
 
     @classmethod

@@ -46,6 +46,7 @@ FIXED_ON_RESUME = {
     "seed": "the data order and random streams of the run follow it",
     "aggressive": "the aggressive phase's state is the checkpoint's",
     "ae_pretrain_epochs": "the phases of the run follow it",
+    "ae_pretrain_fraction": "the phases of the run follow it",
 }
 
 

@@ -3,7 +3,7 @@ the trainer calls at a fixed point of the loop:
 
 - after each validation: learning-rate decay on a plateau, early stopping,
   the posterior-collapse monitor (and the aggressive phase, ``aggressive.py``);
-- before each epoch: the end of autoencoder pretraining (Li et al. 2019).
+- before each epoch or step: the end of autoencoder pretraining (Li et al. 2019).
 
 Each keeps its counters in its section of the trainer's typed state
 (``state.py``), so a resumed run decides exactly as an uninterrupted one.
@@ -32,7 +32,7 @@ REMEDIES = [  # (setting, is it already on?) for the collapse warning
     ("objective.free_bits=0.5", lambda t, o, m: o.free_bits > 0),
     ("model.bn_vae_gamma=0.6", lambda t, o, m: getattr(m, "bn_vae_gamma", 0) > 0),
     ("train.aggressive=true", lambda t, o, m: t.aggressive),
-    ("train.ae_pretrain_epochs=N", lambda t, o, m: t.ae_pretrain_epochs > 0),
+    ("train.ae_pretrain_fraction=0.25", lambda t, o, m: t.ae_pretrain_epochs > 0 or t.ae_pretrain_fraction > 0),
 ]
 
 
@@ -44,6 +44,9 @@ class Policy:
 
     def before_epoch(self) -> None:
         """At the start of each epoch (of a resumed one too)."""
+
+    def before_step(self) -> None:
+        """Before each training step."""
 
     def after_validation(self, result: dict[str, Any]) -> None:
         """After each validation, with its figures (``evaluation.elbo.evaluate_elbo``)."""
@@ -119,20 +122,37 @@ class CollapseMonitor(Policy):
 
 
 class AEPretraining(Policy):
-    """Li et al. 2019: ``train.ae_pretrain_epochs`` of autoencoder training
-    (KL weight 0, ``trainer.current_kl_weight``), then a re-initialised decoder
-    and a VAE phase that starts afresh: schedules, Adam state, learning rate
-    and the best validation loss."""
+    """Li et al. 2019: autoencoder training first (KL weight 0,
+    ``trainer.current_kl_weight``), for ``train.ae_pretrain_epochs`` epochs or,
+    where that is 0, the first ``train.ae_pretrain_fraction`` of the run (by
+    steps or by the time budget, ``trainer.progress``); then a re-initialised
+    decoder and a VAE phase that starts afresh: schedules, Adam state,
+    learning rate and the best validation loss."""
+
+    def active(self) -> bool:
+        """Whether the run is in its autoencoder phase now."""
+        config, state = self.trainer.config, self.trainer.state
+        if config.ae_pretrain_epochs:
+            return state.epoch < config.ae_pretrain_epochs
+        return config.ae_pretrain_fraction > 0 and state.phase_start == 0
 
     def before_epoch(self) -> None:
+        epochs, state = self.trainer.config.ae_pretrain_epochs, self.trainer.state
+        if epochs and state.epoch == epochs and state.batch == 0 and state.phase_start == 0:
+            self._end_phase()
+
+    def before_step(self) -> None:
+        trainer = self.trainer
+        if not trainer.config.ae_pretrain_epochs and self.active() and trainer.state.step > 0 \
+                and trainer.progress() >= trainer.config.ae_pretrain_fraction:
+            self._end_phase()
+
+    def _end_phase(self) -> None:
         trainer, state = self.trainer, self.trainer.state
-        epochs = trainer.config.ae_pretrain_epochs
-        if not (epochs and state.epoch == epochs and state.batch == 0 and state.phase_start == 0):
-            return
         trainer.model.reset_decoder()
         distributed.broadcast_from_main(trainer.model.parameters())  # the ranks' random streams differ
         trainer.optimizer = build_optimizer(trainer.model, trainer.config)
         state.phase_start, state.lr = state.step, trainer.config.lr
         state.phase_start_seconds = trainer.elapsed()
         state.best_loss, state.saved_best = math.inf, math.inf
-        log.info("autoencoder pretraining done: decoder re-initialised")
+        log.info(f"autoencoder pretraining done at step {state.step}: decoder re-initialised")

@@ -1,16 +1,14 @@
 """The training loop shared by the text and image models.
 
 The trainer takes built objects (model, data, configs, run folder) and never
-parses arguments. A model offers ``forward(batch) -> VAEOutput`` (objectives)
-and, for the anti-collapse remedies, ``posterior`` and ``reset_decoder``
-(``base.BaseVAE``); the data offer ``num_batches(epoch)`` and
-``iterate(epoch, start)``. The loop stays a loop: what it decides besides the
-gradient step are small policies called after each validation or before each
-epoch (``policies.py``, ``aggressive.py``), and its state is typed
-(``state.py``) and checkpointed whole (``checkpoint.py``).
-
-What a run folder gets: ``model.safetensors`` (the best weights by the validation
-objective, ``objectives.selection_loss``), ``checkpoint/`` (everything needed to resume exactly), ``metrics.jsonl``.
+parses arguments. A model offers ``forward(batch) -> VAEOutput`` and, for the
+remedies, ``posterior`` and ``reset_decoder`` (``base.BaseVAE``); the data
+``num_batches(epoch)`` and ``iterate(epoch, start)``. What the loop decides
+besides the gradient step are small policies called before each epoch or step
+and after each validation (``policies.py``, ``aggressive.py``); its state is
+typed (``state.py``) and checkpointed whole (``checkpoint.py``). A run folder
+gets ``model.safetensors`` (the best weights by ``objectives.selection_loss``),
+``checkpoint/`` (all that resuming exactly needs) and ``metrics.jsonl``.
 """
 
 from __future__ import annotations
@@ -68,7 +66,8 @@ class Trainer:
             self.aggressive = AggressivePhase(self)
             self.step_fn = self.aggressive.step
         self.collapse_monitor, self.guard = CollapseMonitor(self), FiniteGuard(self)
-        self.policies = [AEPretraining(self), PlateauDecay(self), EarlyStop(self), self.collapse_monitor] + \
+        self.ae_phase = AEPretraining(self)
+        self.policies = [self.ae_phase, PlateauDecay(self), EarlyStop(self), self.collapse_monitor] + \
             ([self.aggressive] if self.aggressive else [])
 
     # ------------------------------------------------------------ resume
@@ -119,6 +118,8 @@ class Trainer:
             policy.before_epoch()
         bar = self._progress_bar(epoch)
         for batch in self.train_data.iterate(epoch, state.batch):
+            for policy in self.policies:
+                policy.before_step()
             beta = self.current_kl_weight()
             self._apply_lr()
             distributed.seed_step(config.seed, state.step)
@@ -166,7 +167,7 @@ class Trainer:
         self.state.finished, self.state.stop_reason = True, reason
 
     def current_kl_weight(self) -> float:
-        if self.state.epoch < self.config.ae_pretrain_epochs:
+        if self.ae_phase.active():
             return 0.0  # Li et al. 2019: autoencoder pretraining ignores the KL term
         # Under a time budget the cyclical schedule's cycles divide the budget.
         fraction = self.progress() if self.config.time_budget else None
@@ -219,8 +220,7 @@ class Trainer:
 
     # -------------------------------------------------------- validation
     def evaluate(self) -> dict[str, Any]:
-        # Buffers (BN-VAE's running statistics) follow each rank's own batches:
-        # every rank evaluates rank 0's, the ones that are saved.
+        # Buffers (BN-VAE's running statistics) follow each rank's batches: all evaluate rank 0's (saved).
         distributed.broadcast_from_main(self.model.buffers())
         return evaluate_elbo(self.model, self.valid_data.iterate(0), self.device, self.autocast)
 
