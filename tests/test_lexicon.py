@@ -156,16 +156,18 @@ def test_train_saves_the_corpus_words_and_the_cli_uses_them(cli, trained_run, tm
                                                "--temperature", "3").out
 
 
-@pytest.mark.parametrize("content, message", [(None, "is not a file"), ("", "holds no words"),
-                                               (b"\xff\xfe cat", "not UTF-8")])
+@pytest.mark.parametrize("content, message", [(None, "does not exist"), (" \n", "is empty"),
+                                               (b"\xff\xfe cat", "not UTF-8"), ("folder", "cannot read")])
 def test_a_bad_word_file_is_one_error_line(cli, trained_run, tmp_path, content, message):
     path = tmp_path / "words.txt"
     if isinstance(content, bytes):
         path.write_bytes(content)
+    elif content == "folder":
+        path.mkdir()
     elif content is not None:
         path.write_text(content)
     result = cli("sample", trained_run, "-n", "2", "--words", path)
-    assert result.code != 0 and len(result.err_lines) == 1 and message in result.err
+    assert result.code != 0 and len(result.err_lines) == 1 and message in result.err and "--words file" in result.err
 
 
 def test_the_automaton_never_leaves_the_trie_for_listed_spellings():

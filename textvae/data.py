@@ -78,21 +78,23 @@ def find_split_files(path: Path) -> dict[str, Path]:
     return found
 
 
-def check_text_file(path: Path) -> None:
-    """Fail early, with a line number, on a missing, empty or non-UTF-8 file."""
+def check_text_file(path: Path, label: str = "data file") -> str:
+    """The text of ``path``; one clear error, with a line number, where it is
+    missing, unreadable, empty or not UTF-8 (``label`` names it: "data file",
+    "--words file")."""
     if not path.exists():
-        raise TextVAEError(f"data file {path} does not exist")
+        raise TextVAEError(f"{label} {path} does not exist")
     try:
         data = path.read_bytes()
     except OSError as error:  # unreadable (permissions), a folder, a device that fails
-        raise TextVAEError(f"cannot read data file {path}: {error.strerror or error}") from None
+        raise TextVAEError(f"cannot read {label} {path}: {error.strerror or error}") from None
     if not data.strip():
-        raise TextVAEError(f"data file {path} is empty")
+        raise TextVAEError(f"{label} {path} is empty")
     try:
-        data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as error:
         line = data[: error.start].count(b"\n") + 1
-        raise TextVAEError(f"data file {path} is not UTF-8 text (line {line}, byte {error.start})") from None
+        raise TextVAEError(f"{label} {path} is not UTF-8 text (line {line}, byte {error.start})") from None
 
 
 def read_texts(data: str, splits: Sequence[str], text_column: str = "text") -> dict[str, list[str]]:

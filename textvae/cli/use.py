@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from ..data import check_text_file
 from ..errors import TextVAEError
 from ..model import TextVAE
 from ..runtime import resolve_device
@@ -124,17 +125,8 @@ def _options(args: argparse.Namespace) -> dict:
 
 
 def _word_file(path: str) -> list[str]:
-    """The words of ``--words FILE``, one clear error where there are none."""
-    file = Path(path)
-    if not file.is_file():
-        raise TextVAEError(f"--words: {path} is not a file")
-    try:
-        words = file.read_text(encoding="utf-8").split()
-    except UnicodeDecodeError:
-        raise TextVAEError(f"--words: {path} is not UTF-8 text") from None
-    if not words:
-        raise TextVAEError(f"--words: {path} holds no words")
-    return words
+    """The words of ``--words FILE`` (one clear error where it is missing, empty or not UTF-8)."""
+    return check_text_file(Path(path), "--words file").split()
 
 
 def _texts(args: argparse.Namespace) -> list[str]:
