@@ -69,3 +69,32 @@ def test_the_text_default_has_the_phase_and_old_runs_and_images_do_not():
     assert saved.train.ae_pretrain_fraction == 0.0
     with pytest.raises(TextVAEError, match="ae_pretrain_fraction"):
         Config.from_dict({"train": {"ae_pretrain_fraction": 1.0}})
+
+
+def test_no_autoencoder_phase_for_a_language_model(word_tokenizer, tmp_path):
+    trainer = make_trainer(word_tokenizer, tmp_path / "run", model={"latent_dim": 0}, epochs=10, max_steps=8,
+                           ae_pretrain_fraction=0.5)
+    trainer.model.reset_decoder = lambda: pytest.fail("a language model's decoder was reset")
+    trainer.fit()
+    assert trainer.state.phase_start == 0 and trainer.state.step == 8
+
+
+def test_the_fraction_counts_the_limit_that_ends_the_run_first(word_tokenizer, tmp_path):
+    trainer = make_trainer(word_tokenizer, tmp_path / "run", epochs=2, max_steps=1000, ae_pretrain_fraction=0.5)
+    trainer.fit()
+    per_epoch = trainer.steps_per_epoch
+    assert trainer.total_steps == 2 * per_epoch and trainer.state.step == 2 * per_epoch
+    assert trainer.state.phase_start == per_epoch  # half of the two epochs, not of the 1,000 steps
+
+
+def test_the_autoencoders_validations_neither_decay_nor_stop(word_tokenizer, tmp_path):
+    trainer = make_trainer(word_tokenizer, tmp_path / "run", model={"latent_dim": 32}, objective={"free_bits": 0.25},
+                           epochs=10, max_steps=12, eval_every=1, lr_patience=1,
+                           max_lr_decays=1, early_stop_patience=2, ae_pretrain_fraction=0.5)
+    seen = []
+    original = trainer.model.reset_decoder
+    trainer.model.reset_decoder = lambda: (seen.append((trainer.state.lr, trainer.state.plateau.decays)), original())
+    trainer.fit()
+    assert seen == [(0.01, 0)]  # six validations of the autoencoder, the rate untouched
+    assert trainer.state.phase_start == 6 and trainer.state.stop_reason in ("max_steps", "early_stop", "lr_decays")
+    assert trainer.state.step > 6  # the VAE phase ran

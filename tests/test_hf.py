@@ -243,3 +243,11 @@ def test_cli_gpt2_run_reloads_offline(cli, corpus_dir, backbones, tmp_path):
     assert sampled.code == 0 and len(sampled.out_lines) == 2, sampled.err
     completed = cli("complete", run, "the cat", "-n", "2", "--seed", "0", "--proposals", "8", "--max-length", "6")
     assert completed.code == 0 and all(line.startswith("the cat") for line in completed.out_lines)
+
+
+def test_a_pretrained_decoder_gets_no_fresh_decoder_by_default(backbones, gpt2_tokenizer):
+    """The default AE phase (train.ae_pretrain_fraction) would wipe the pretrained weights: it does not apply."""
+    hf = TextVAE(tiny_config(model={**hf_config().__dict__, "encoder": "transformer",
+                                    "decoder": f"hf:{backbones['gpt2']}"}), gpt2_tokenizer)
+    ours = TextVAE(tiny_config(model=hf_config(decoder="transformer").__dict__), gpt2_tokenizer)
+    assert not hf.fresh_decoder_helps and ours.fresh_decoder_helps

@@ -272,3 +272,19 @@ def test_near_max_length_only_a_word_that_fits_is_begun(strategy):
             for token in ids:
                 state = words.advance(state, torch.tensor([token]))
             assert bool(words.terminal[state]), tokenizer.decode(ids)
+
+
+def test_a_prefix_ending_mid_word_at_the_limit_gets_no_token_off_the_list():
+    tokenizer = tokenizer_of("bpe")
+    model = random_model(tokenizer)
+    words = WordConstraint(tokenizer, LISTED)
+    word = max(LISTED, key=lambda w: len(tokenizer.encode(f"the {w}")) - len(tokenizer.encode("the")))
+    spelling = tokenizer.encode(f"the {word}")
+    assert len(spelling) - len(tokenizer.encode("the")) >= 3, "the test needs a word of three pieces or more"
+    prefix = spelling[:-2]  # two pieces short of the word's end, and room for one more token only
+    z = torch.randn(16, 4, generator=torch.Generator().manual_seed(4))
+    for strategy in ("sample", "greedy", "beam"):
+        out = generate(model.decoder, z, 16, tokenizer.bos_id, tokenizer.eos_id,
+                       GenerationConfig(strategy, max_length=len(prefix) + 1, words=words), [prefix] * 16,
+                       torch.Generator().manual_seed(0), tokenizer.never_generated)
+        assert all(ids == prefix for ids in out), strategy  # the word's next piece, then cut: nothing glued on

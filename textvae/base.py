@@ -51,6 +51,12 @@ class BaseVAE(nn.Module):
         each mean refined by ``objective.refine_steps`` steps (inference.py)."""
         return refine_posterior(self, batch, self.posterior(batch), self.config.objective)
 
+    @property
+    def fresh_decoder_helps(self) -> bool:
+        """Whether AE pretraining's fresh decoder makes sense: a latent to pretrain, a decoder of
+        our own (the text model says no for a pretrained ``hf:`` one, whose weights a reset would lose)."""
+        return self.has_latent
+
     def reset_decoder(self) -> None:
         """Fresh decoder weights (Li et al. 2019: after autoencoder pretraining)."""
         for module in self.decoder.modules():

@@ -171,6 +171,9 @@ class WordConstraint:
         its own logits."""
         allowed = self.allowed(states, room) & (logits > float("-inf"))
         empty = ~allowed.any(-1, keepdim=True)
+        if room is not None and bool(empty.any()):  # no word fits in the room: the list alone (max_length cuts)
+            allowed = torch.where(empty, self.allowed(states) & (logits > float("-inf")), allowed)
+            empty = ~allowed.any(-1, keepdim=True)
         return logits.masked_fill(~(allowed | empty), float("-inf"))
 
     def advance(self, states: Tensor, tokens: Tensor) -> Tensor:

@@ -20,7 +20,7 @@ from .config import Config
 from .data import TextBatch, collate
 from .errors import TextVAEError
 from .latent import DiagonalGaussian, GaussianHead
-from .nn import build_decoder, build_encoder, check_names
+from .nn import HF_PREFIX, build_decoder, build_encoder, check_names
 from .nn.output import token_log_likelihood
 from .objectives import VAEOutput, word_dropout
 from .prior import build_prior
@@ -93,6 +93,10 @@ class TextVAE(BaseVAE):
         state = self.decoder.initial_state(z, inputs.shape[0])
         hidden, _ = self.decoder(inputs, state)  # (B, T, H)
         return token_log_likelihood(hidden, self.decoder.output, targets, mask)
+
+    @property
+    def fresh_decoder_helps(self) -> bool:
+        return self.has_latent and not self.config.model.decoder.startswith(HF_PREFIX)
 
     def log_likelihood(self, batch: TextBatch, z: Tensor) -> Tensor:
         """log p(x|z) for S latent samples per sentence: z (S, B, D) -> (S, B)."""

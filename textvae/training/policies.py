@@ -68,6 +68,8 @@ class PlateauDecay(Policy):
     def after_validation(self, result: dict[str, Any]) -> None:
         trainer, config = self.trainer, self.trainer.config
         state = trainer.state.plateau
+        if trainer.ae_phase.active():  # the autoencoder's KL is unweighted: its validations judge nothing
+            return
         if trainer.state.since_best == 0:
             state.bad_evals = 0
             return
@@ -91,7 +93,7 @@ class EarlyStop(Policy):
         return bool(patience and self.trainer.state.since_best >= patience)
 
     def after_validation(self, result: dict[str, Any]) -> None:
-        if self.limit_reached():
+        if self.limit_reached() and not self.trainer.ae_phase.active():
             since_best = self.trainer.state.since_best
             log.info(f"early stopping: no improvement in {since_best} evaluations")
             self.trainer.stop("early_stop")
@@ -130,11 +132,13 @@ class AEPretraining(Policy):
     learning rate and the best validation loss."""
 
     def active(self) -> bool:
-        """Whether the run is in its autoencoder phase now."""
+        """Whether the run is in its autoencoder phase now. The fraction (the
+        text models' default) applies only where a fresh decoder helps: not to
+        a language model, nor to a pretrained ``hf:`` decoder."""
         config, state = self.trainer.config, self.trainer.state
         if config.ae_pretrain_epochs:
             return state.epoch < config.ae_pretrain_epochs
-        return config.ae_pretrain_fraction > 0 and state.phase_start == 0
+        return config.ae_pretrain_fraction > 0 and state.phase_start == 0 and self.trainer.model.fresh_decoder_helps
 
     def before_epoch(self) -> None:
         epochs, state = self.trainer.config.ae_pretrain_epochs, self.trainer.state
@@ -143,8 +147,12 @@ class AEPretraining(Policy):
 
     def before_step(self) -> None:
         trainer = self.trainer
-        if not trainer.config.ae_pretrain_epochs and self.active() and trainer.state.step > 0 \
-                and trainer.progress() >= trainer.config.ae_pretrain_fraction:
+        if trainer.config.ae_pretrain_epochs or not self.active() or trainer.state.step == 0:
+            return
+        due = trainer.progress() >= trainer.config.ae_pretrain_fraction
+        if trainer.config.time_budget:
+            due = distributed.from_main(due)  # rank 0's clock decides for every rank
+        if due:
             self._end_phase()
 
     def _end_phase(self) -> None:
@@ -153,6 +161,9 @@ class AEPretraining(Policy):
         distributed.broadcast_from_main(trainer.model.parameters())  # the ranks' random streams differ
         trainer.optimizer = build_optimizer(trainer.model, trainer.config)
         state.phase_start, state.lr = state.step, trainer.config.lr
-        state.phase_start_seconds = trainer.elapsed()
+        state.phase_start_seconds = distributed.from_main(trainer.elapsed())
         state.best_loss, state.saved_best = math.inf, math.inf
+        # The autoencoder's validations (KL unweighted) count neither towards a decay nor an early stop.
+        state.plateau = type(state.plateau)()
+        state.since_best = 0
         log.info(f"autoencoder pretraining done at step {state.step}: decoder re-initialised")

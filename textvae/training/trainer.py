@@ -57,7 +57,8 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, train_config)
         self.autocast = autocast_context(self.device, train_config.precision)
         self.steps_per_epoch = train_data.num_batches(0)
-        self.total_steps = train_config.max_steps or train_config.epochs * self.steps_per_epoch
+        limits = (train_config.max_steps, train_config.epochs * self.steps_per_epoch)
+        self.total_steps = min(filter(None, limits), default=0)  # the step limit that ends the run first
         self.state = TrainState(lr=train_config.lr, aggressive=AggressiveState(active=train_config.aggressive))
         self._clock: Optional[tuple[float, float]] = None  # (monotonic at fit start, state seconds then)
         self.signals = StopSignals()
@@ -261,8 +262,7 @@ class Trainer:
         distributed.barrier()
 
     def _finish(self) -> None:
-        """Make sure ``model.safetensors`` exists: a run that stopped before its
-        first validation keeps its last weights if they are the best so far."""
+        """Make sure ``model.safetensors`` exists (a run stopped before its first validation keeps its last)."""
         if not (self.run_dir / WEIGHTS_FILE).exists() or self.state.saved_best == float("inf"):
             result = self.evaluate()
             self._log({"split": "valid", "final": True, **result})
