@@ -47,6 +47,7 @@ def register(commands) -> None:
 
 def _eval(args: argparse.Namespace) -> None:
     from ..data import load_splits, read_texts
+    from ..evaluation.journal import IWJournal
     from ..evaluation.text_eval import EvalSettings, evaluate_text, format_table
     from ..model import TextVAE
     from ..runtime import describe_device, resolve_device
@@ -65,15 +66,19 @@ def _eval(args: argparse.Namespace) -> None:
         raise TextVAEError(f"{args.data} has no {args.split} split")
     split = load_splits(args.data, model.tokenizer, [args.split], model.config.data.max_length, texts=texts)[args.split]
     settings = EvalSettings(args.iw_samples, args.iw_chunk, args.batch_size, args.samples, args.seed, args.precision)
-    result = evaluate_text(model, split, settings, device)
+    run_dir = resolve_run(args.run)
+    # A stopped run goes on where it was (journal.py); a built-in model's folder is read-only.
+    journal = None if builtin.is_builtin(run_dir) else IWJournal(run_dir / f"eval_{args.split}.partial.pt")
+    result = evaluate_text(model, split, settings, device, journal)
     result["data"] = args.data
     result["device"] = describe_device(device)
     result["command"] = args.invocation
     print(format_table(result))
-    run_dir = resolve_run(args.run)
     targets = [] if builtin.is_builtin(run_dir) else [run_dir / eval_file(args.split)]  # built-ins are read-only
     for path in targets + ([Path(args.json)] if args.json else []):
         write_json_atomic(path, result)
+    if journal is not None:
+        journal.remove()
 
 
 def _compare(args: argparse.Namespace) -> None:

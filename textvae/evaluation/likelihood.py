@@ -46,7 +46,7 @@ MAX_DECODES = 2000  # examples x samples decoded in one pass when no chunk is gi
 @torch.no_grad()
 def importance_weighted_nll(model, batches: Iterable, num_samples: int, device: torch.device, chunk: int = 0,
                             autocast: Callable = contextlib.nullcontext, seed: int = 0,
-                            progress: Optional[Callable[[object], None]] = None) -> Tensor:
+                            progress: Optional[Callable[[object], None]] = None, journal=None) -> Tensor:
     """-log p(x) of every example of ``batches``, in their order: (N,) float64 nats.
 
     The one driver of the estimate above for the text and image models: K =
@@ -54,12 +54,18 @@ def importance_weighted_nll(model, batches: Iterable, num_samples: int, device: 
     samples per decoder pass (0: as many as keep MAX_DECODES decodings a
     pass). A model without a latent (the language-model baseline) has an
     exact log p(x), its reconstruction term. ``progress`` is given each batch
-    once it is done (progress.py).
+    once it is done (progress.py). With an opened ``journal.IWJournal`` the
+    batches an earlier, stopped run did are taken from it, and what is done
+    is saved as it goes.
     """
     model.eval()
     generator = torch.Generator(device=device).manual_seed(seed)
-    pieces = []
-    for batch in batches:
+    pieces = list(journal.pieces) if journal is not None else []
+    if pieces:
+        generator.set_state(journal.generator_state)
+    for index, batch in enumerate(batches):
+        if index < len(pieces):
+            continue  # done before the stop
         tick()
         batch = batch.to(device)
         with autocast():
@@ -69,6 +75,10 @@ def importance_weighted_nll(model, batches: Iterable, num_samples: int, device: 
                 samples = chunk or max(1, MAX_DECODES // len(batch))
                 log_px = importance_weighted_log_likelihood(model, batch, num_samples, samples, generator)
         pieces.append(-log_px.double().cpu())
+        if journal is not None:
+            journal.save(pieces, generator)
         if progress:
             progress(batch)
+    if journal is not None:
+        journal.save(pieces, generator, final=True)
     return torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.float64)

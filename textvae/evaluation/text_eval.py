@@ -22,9 +22,10 @@ model gets follow the shared schema of ``results.py``:
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -33,6 +34,7 @@ from ..operations import reconstruct_batch
 from ..runtime import autocast_context
 from ..threads import tick
 from .elbo import evaluate_elbo
+from .journal import IWJournal, fingerprint
 from .likelihood import importance_weighted_nll
 from .progress import progress
 from .results import likelihood_figures
@@ -68,9 +70,11 @@ def exact_match(outputs: list[str], references: list[str]) -> float:
     return sum(normal(o) == normal(r) for o, r in zip(outputs, references)) / max(1, len(references))
 
 
-def evaluate_text(model, split: TextSplit, settings: EvalSettings, device: torch.device) -> dict[str, Any]:
+def evaluate_text(model, split: TextSplit, settings: EvalSettings, device: torch.device,
+                  journal: Optional[IWJournal] = None) -> dict[str, Any]:
     """Every figure of the module docstring on ``split``, in the shared result
-    schema (``results.py``) plus the text figures."""
+    schema (``results.py``) plus the text figures; a ``journal`` lets a stopped
+    importance-weighted NLL go on where it was (journal.py)."""
     model.eval()
     tok = model.tokenizer
     data = TextBatches(split, tok, settings.batch_size, shuffle=False)
@@ -82,9 +86,14 @@ def evaluate_text(model, split: TextSplit, settings: EvalSettings, device: torch
 
     start = time.perf_counter()
     tokens = sum(len(ids) + 1 for ids in split.ids)  # words/subwords + eos
-    bar = progress(tokens, f"IW-NLL ({settings.iw_samples} samples)", "tokens")  # a pass costs about its tokens
+    done = 0 if journal is None else journal.open({
+        "model_and_data": fingerprint(model, split.ids), "split": split.name, "device": device.type,
+        **{k: v for k, v in asdict(settings).items() if k != "num_samples"}})
+    cost = lambda batch: int(batch.lengths.sum()) - len(batch)  # noqa: E731  a pass costs about its tokens
+    left = tokens - sum(cost(batch) for batch in itertools.islice(data.iterate(), done))
+    bar = progress(left, f"IW-NLL ({settings.iw_samples} samples)", "tokens")
     nll = importance_weighted_nll(model, data.iterate(), settings.iw_samples, device, settings.iw_chunk, autocast,
-                                  settings.seed, lambda batch: bar.update(int(batch.lengths.sum()) - len(batch)))
+                                  settings.seed, lambda batch: bar.update(cost(batch)), journal)
     bar.close()
     timings["nll_s"] = time.perf_counter() - start
     total_nll = float(nll.sum())

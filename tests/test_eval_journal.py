@@ -1,0 +1,92 @@
+"""A stopped importance-weighted NLL goes on where it was (evaluation/journal.py):
+the same evaluation, run again, takes the batches done from the journal and
+ends with the same figures, bitwise, as a run without a break; a journal of
+other weights, data or settings, or one that cannot be read, starts afresh;
+``textvae eval`` removes it once the results are written."""
+
+import torch
+import pytest
+
+from textvae.data import load_splits
+from textvae.evaluation.journal import IWJournal
+from textvae.evaluation.text_eval import EvalSettings, evaluate_text
+from textvae.model import TextVAE
+
+SETTINGS = EvalSettings(iw_samples=12, iw_chunk=4, batch_size=1, num_samples=3)  # one sentence a batch
+
+
+class Stop(Exception):
+    pass
+
+
+class StoppingJournal(IWJournal):
+    """Saves after every batch and stops the evaluation after ``after`` of them."""
+
+    def __init__(self, path, after: int) -> None:
+        super().__init__(path, every=0.0)
+        self.after = after
+
+    def save(self, pieces, generator, final=False):
+        super().save(pieces, generator, final)
+        if len(pieces) >= self.after:
+            raise Stop
+
+
+@pytest.fixture(scope="module")
+def setup(trained_run, shared_corpus):
+    model = TextVAE.from_pretrained(trained_run)
+    split = load_splits(str(shared_corpus), model.tokenizer, ["test"], model.config.data.max_length)["test"]
+    return model, split
+
+
+def nll(model, split, journal=None, settings=SETTINGS):
+    return evaluate_text(model, split, settings, torch.device("cpu"), journal)["nll"]
+
+
+def test_a_stopped_evaluation_goes_on_where_it_was_and_ends_the_same(setup, tmp_path):
+    model, split = setup
+    whole = nll(model, split)
+    path = tmp_path / "eval_test.partial.pt"
+    with pytest.raises(Stop):
+        nll(model, split, StoppingJournal(path, after=3))
+    resumed = IWJournal(path)
+    assert nll(model, split, resumed) == whole  # bitwise: the sampler's state was kept too
+    assert len(resumed.pieces) == 3 and len(split) > 3  # three sentences came from the journal
+    assert path.exists()  # kept until the command has written its results
+
+
+@pytest.mark.parametrize("change", ["settings", "weights", "torn"])
+def test_a_journal_of_anything_else_starts_afresh(setup, tmp_path, change):
+    model, split = setup
+    path = tmp_path / "eval_test.partial.pt"
+    with pytest.raises(Stop):
+        nll(model, split, StoppingJournal(path, after=2))
+    settings = SETTINGS
+    if change == "settings":
+        settings = EvalSettings(iw_samples=13, iw_chunk=4, batch_size=1, num_samples=3)
+    elif change == "weights":
+        model = _perturbed(model)
+    else:
+        path.write_bytes(path.read_bytes()[:40])
+    journal = IWJournal(path)
+    assert nll(model, split, journal, settings) == nll(model, split, None, settings)
+    assert journal.pieces == []  # nothing was taken from the journal
+
+
+def _perturbed(model):
+    import copy
+
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        next(other.decoder.parameters()).add_(1e-3)
+    return other
+
+
+def test_eval_removes_the_journal_once_the_results_are_written(cli, trained_run, shared_corpus, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (run / "eval_test.partial.pt").write_bytes(b"not a journal")  # a stale one is ignored, then removed
+    result = cli("eval", run, "--data", shared_corpus, "--iw-samples", "3", "--samples", "3")
+    assert result.code == 0 and (run / "eval_test.json").exists() and not (run / "eval_test.partial.pt").exists()
