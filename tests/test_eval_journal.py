@@ -90,3 +90,18 @@ def test_eval_removes_the_journal_once_the_results_are_written(cli, trained_run,
     (run / "eval_test.partial.pt").write_bytes(b"not a journal")  # a stale one is ignored, then removed
     result = cli("eval", run, "--data", shared_corpus, "--iw-samples", "3", "--samples", "3")
     assert result.code == 0 and (run / "eval_test.json").exists() and not (run / "eval_test.partial.pt").exists()
+
+
+def test_the_mnist_evaluation_goes_on_where_it_was_too(tmp_path):
+    from test_image_model import strokes, tiny_model
+    from textvae.image.batches import ImageBatches
+    from textvae.image.evaluate import evaluate_images
+
+    model = tiny_model()
+    images = ImageBatches(torch.as_tensor(strokes(40)).float().view(-1, 1, 28, 28), None, 8)
+    whole = evaluate_images(model, images, 6)["nll"]
+    path = tmp_path / "eval_test.partial.pt"
+    with pytest.raises(Stop):
+        evaluate_images(model, images, 6, journal=StoppingJournal(path, after=2))
+    resumed = IWJournal(path)
+    assert evaluate_images(model, images, 6, journal=resumed)["nll"] == whole and len(resumed.pieces) == 2

@@ -28,6 +28,7 @@ import torch
 
 from ..config import list_presets
 from ..errors import TextVAEError
+from ..evaluation.journal import IWJournal
 from ..image.config import ImageConfig, build_image_config
 from ..image.evaluate import evaluate_images
 from ..image.model import ConvVAE
@@ -141,12 +142,14 @@ def _eval(args: argparse.Namespace) -> None:
     model = _load(args)
     batches = eval_batches(args.data, args.split, model.config, args.limit, args.seed)
     subset = {"limit": args.limit, "seed": args.seed} if args.limit else None
-    result = {"split": args.split, "data": str(data_path(args.data, model.config)), "subset": subset,
-              **evaluate_images(model, batches, args.iw_samples, args.seed),
-              "device": describe_device(model.device), "command": args.invocation}
     suffix = f"_limit{args.limit}_seed{args.seed}" if args.limit else ""
+    journal = IWJournal(Path(args.run) / f"eval_{args.split}{suffix}.partial.pt")  # a stop loses at most a minute
+    result = {"split": args.split, "data": str(data_path(args.data, model.config)), "subset": subset,
+              **evaluate_images(model, batches, args.iw_samples, args.seed, journal),
+              "device": describe_device(model.device), "command": args.invocation}
     for path in [Path(args.run) / eval_file(args.split, suffix)] + ([Path(args.json)] if args.json else []):
         write_json_atomic(path, result)
+    journal.remove()
     print(json.dumps(result, indent=2))
 
 

@@ -30,13 +30,13 @@ log = logging.getLogger("textvae")
 SAVE_EVERY = 60.0  # seconds between saves: what a stop can lose
 
 
-def fingerprint(model: nn.Module, ids: list[list[int]]) -> str:
-    """sha256 of the model's weights and buffers and of the split's token ids."""
+def fingerprint(model: nn.Module, data: bytes) -> str:
+    """sha256 of the model's weights and buffers and of the data (a split's token ids, the images)."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    digest.update(json.dumps(ids).encode())
+    digest.update(data)
     return digest.hexdigest()
 
 
@@ -48,10 +48,11 @@ class IWJournal:
         self.generator_state: Optional[Tensor] = None  # the sampler's state after them
         self.last = clock()
 
-    def open(self, key: dict[str, Any]) -> int:
-        """Bind the journal to ``key``; the number of batches already done by
-        an earlier run with the same key (0 where there is none)."""
-        self.key = json.dumps(key, sort_keys=True)
+    def open(self, model: nn.Module, data: bytes, settings: dict[str, Any]) -> int:
+        """Bind the journal to the model, the data and the settings (with the
+        kind of device); the number of batches an earlier run of the same did
+        (0 where there is none)."""
+        self.key = json.dumps({"model_and_data": fingerprint(model, data), **settings}, sort_keys=True)
         if not self.path.exists():
             return 0
         try:

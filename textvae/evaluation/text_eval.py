@@ -23,6 +23,7 @@ model gets follow the shared schema of ``results.py``:
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
@@ -34,7 +35,7 @@ from ..operations import reconstruct_batch
 from ..runtime import autocast_context
 from ..threads import tick
 from .elbo import evaluate_elbo
-from .journal import IWJournal, fingerprint
+from .journal import IWJournal
 from .likelihood import importance_weighted_nll
 from .progress import progress
 from .results import likelihood_figures
@@ -86,9 +87,8 @@ def evaluate_text(model, split: TextSplit, settings: EvalSettings, device: torch
 
     start = time.perf_counter()
     tokens = sum(len(ids) + 1 for ids in split.ids)  # words/subwords + eos
-    done = 0 if journal is None else journal.open({
-        "model_and_data": fingerprint(model, split.ids), "split": split.name, "device": device.type,
-        **{k: v for k, v in asdict(settings).items() if k != "num_samples"}})
+    done = 0 if journal is None else journal.open(model, json.dumps(split.ids).encode(), {
+        "split": split.name, "device": device.type, **{k: v for k, v in asdict(settings).items() if k != "num_samples"}})
     cost = lambda batch: int(batch.lengths.sum()) - len(batch)  # noqa: E731  a pass costs about its tokens
     left = tokens - sum(cost(batch) for batch in itertools.islice(data.iterate(), done))
     bar = progress(left, f"IW-NLL ({settings.iw_samples} samples)", "tokens")
