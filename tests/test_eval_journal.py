@@ -26,10 +26,11 @@ class StoppingJournal(IWJournal):
         super().__init__(path, every=0.0)
         self.after = after
 
-    def save(self, pieces, generator, final=False):
-        super().save(pieces, generator, final)
-        if len(pieces) >= self.after:
+    def save(self, pieces, generator_state, final=False):
+        saved = super().save(pieces, generator_state, final)
+        if len(pieces) >= self.after and not final:
             raise Stop
+        return saved
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +106,31 @@ def test_the_mnist_evaluation_goes_on_where_it_was_too(tmp_path):
         evaluate_images(model, images, 6, journal=StoppingJournal(path, after=2))
     resumed = IWJournal(path)
     assert evaluate_images(model, images, 6, journal=resumed)["nll"] == whole and len(resumed.pieces) == 2
+
+
+def test_a_stop_in_the_middle_of_a_batch_keeps_the_batches_done(setup, tmp_path):
+    """Ctrl-C while a batch is drawn: the journal keeps the batches before it
+    and the sampler's state after them (not the half-used one), so the rerun
+    still ends bitwise equal; the journal is written at the stop, not only every minute."""
+    from textvae.evaluation import likelihood
+
+    model, split = setup
+    whole = nll(model, split)
+    path = tmp_path / "eval_test.partial.pt"
+    original, calls = likelihood.importance_weighted_log_likelihood, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            torch.randn(7, generator=args[4])  # the generator moves on before the stop
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    likelihood.importance_weighted_log_likelihood = interrupted
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            nll(model, split, IWJournal(path, every=3600.0))  # no save by the clock: only the one at the stop
+    finally:
+        likelihood.importance_weighted_log_likelihood = original
+    resumed = IWJournal(path)
+    assert nll(model, split, resumed) == whole and len(resumed.pieces) == 3

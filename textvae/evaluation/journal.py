@@ -68,17 +68,20 @@ class IWJournal:
         log.info(f"resuming the importance-weighted NLL from {self.path}: {len(pieces)} batches done")
         return len(pieces)
 
-    def save(self, pieces: list[Tensor], generator: torch.Generator, final: bool = False) -> None:
-        """Keep ``pieces`` and the generator's state, if ``every`` seconds have passed (or ``final``)."""
+    def save(self, pieces: list[Tensor], generator_state: Tensor, final: bool = False) -> bool:
+        """Keep ``pieces`` and the sampler's state after them, if ``every``
+        seconds have passed (or ``final``); whether it was written."""
         if not self.key or not (final or self.clock() - self.last >= self.every):
-            return
+            return False
         try:
             with replacing(self.path) as tmp:
-                torch.save({"key": self.key, "pieces": pieces, "generator": generator.get_state()}, tmp)
+                torch.save({"key": self.key, "pieces": pieces, "generator": generator_state}, tmp)
         except TextVAEError as error:  # a full disk costs the ability to resume, not the evaluation
             log.warning(f"{error}; the evaluation goes on without it")
             self.key = ""
+            return False
         self.last = self.clock()
+        return True
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)

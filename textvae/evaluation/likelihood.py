@@ -15,6 +15,7 @@ both kinds of model.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from typing import Callable, Iterable, Optional
 
@@ -23,6 +24,8 @@ from torch import Tensor
 
 from ..latent import standard_normal_log_prob
 from ..threads import tick
+
+log = logging.getLogger("textvae")
 
 
 @torch.no_grad()
@@ -63,22 +66,29 @@ def importance_weighted_nll(model, batches: Iterable, num_samples: int, device: 
     pieces = list(journal.pieces) if journal is not None else []
     if pieces:
         generator.set_state(journal.generator_state)
-    for index, batch in enumerate(batches):
-        if index < len(pieces):
-            continue  # done before the stop
-        tick()
-        batch = batch.to(device)
-        with autocast():
-            if not model.has_latent:
-                log_px = -model(batch).rec
-            else:
-                samples = chunk or max(1, MAX_DECODES // len(batch))
-                log_px = importance_weighted_log_likelihood(model, batch, num_samples, samples, generator)
-        pieces.append(-log_px.double().cpu())
-        if journal is not None:
-            journal.save(pieces, generator)
-        if progress:
-            progress(batch)
+    state = generator.get_state()  # the sampler's state after the batches in pieces
+    try:
+        for index, batch in enumerate(batches):
+            if index < len(pieces):
+                continue  # done before a stop
+            tick()
+            batch = batch.to(device)
+            with autocast():
+                if not model.has_latent:
+                    log_px = -model(batch).rec
+                else:
+                    samples = chunk or max(1, MAX_DECODES // len(batch))
+                    log_px = importance_weighted_log_likelihood(model, batch, num_samples, samples, generator)
+            pieces.append(-log_px.double().cpu())
+            state = generator.get_state()
+            if journal is not None:
+                journal.save(pieces, state)
+            if progress:
+                progress(batch)
+    except BaseException:  # Ctrl-C, a kill by SIGTERM, an error: keep what is done
+        if journal is not None and journal.save(pieces, state, final=True):
+            log.info(f"{len(pieces)} batches kept in {journal.path}: the same command goes on from there")
+        raise
     if journal is not None:
-        journal.save(pieces, generator, final=True)
+        journal.save(pieces, state, final=True)
     return torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.float64)
