@@ -90,10 +90,10 @@ class EarlyStop(Policy):
 
     def limit_reached(self) -> bool:
         patience = self.trainer.config.early_stop_patience
-        return bool(patience and self.trainer.state.since_best >= patience)
+        return bool(patience and self.trainer.state.since_best >= patience and not self.trainer.ae_phase.active())
 
     def after_validation(self, result: dict[str, Any]) -> None:
-        if self.limit_reached() and not self.trainer.ae_phase.active():
+        if self.limit_reached():
             since_best = self.trainer.state.since_best
             log.info(f"early stopping: no improvement in {since_best} evaluations")
             self.trainer.stop("early_stop")
