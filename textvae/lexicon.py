@@ -142,20 +142,20 @@ class WordConstraint:
             row = torch.repeat_interleave(torch.arange(rows, device=self.device), counts, output_size=total)
             first = torch.cumsum(counts, 0) - counts  # (R,) where each row's run starts in the flat list
             edge = self.offsets[states][row] + torch.arange(total, device=self.device) - first[row]
-            mask[row, self.child_tokens[edge]] = True
+            tokens = self.child_tokens[edge]  # (total,)
+            mask[row, tokens] = True
             if room is not None:  # a child is read before a new word (advance): it alone decides its token
+                children = mask.clone()
                 late = self.finish[self.child_nodes[edge]] > room
-                mask[row[late], self.child_tokens[edge[late]]] = False
-                children = torch.zeros_like(mask)
-                children[row, self.child_tokens[edge]] = True
+                mask[row[late], tokens[late]] = False
         ended = self.terminal[states]  # (R,) a word is complete here
-        follows = self.follows if room is None else self.follows & (self.start_finish <= room)
-        after = ended.unsqueeze(1) & follows
+        fits = None if room is None else self.start_finish <= room  # (V,) a new word that can end in time
+        after = ended.unsqueeze(1) & (self.follows if fits is None else self.follows & fits)
         if room is not None and total:
             after &= ~children
         mask |= after
         mask[:, self.eos_id] |= ended
-        mask[states == OUTSIDE] = self.outside if room is None else self.outside & (self.start_finish <= room)
+        mask[states == OUTSIDE] = self.outside if fits is None else self.outside & fits
         return mask
 
     def at_boundary(self, states: Tensor) -> Tensor:

@@ -47,7 +47,7 @@ def register(commands) -> None:
 
 def _eval(args: argparse.Namespace) -> None:
     from ..data import load_splits, read_texts
-    from ..evaluation.journal import IWJournal
+    from ..evaluation.journal import IWJournal, journal_path
     from ..evaluation.text_eval import EvalSettings, evaluate_text, format_table
     from ..model import TextVAE
     from ..runtime import describe_device, resolve_device
@@ -68,7 +68,7 @@ def _eval(args: argparse.Namespace) -> None:
     settings = EvalSettings(args.iw_samples, args.iw_chunk, args.batch_size, args.samples, args.seed, args.precision)
     run_dir = resolve_run(args.run)
     # A stopped run goes on where it was (journal.py); a built-in model's folder is read-only.
-    journal = None if builtin.is_builtin(run_dir) else IWJournal(run_dir / f"eval_{args.split}.partial.pt")
+    journal = None if builtin.is_builtin(run_dir) else IWJournal(journal_path(run_dir / eval_file(args.split)))
     result = evaluate_text(model, split, settings, device, journal)
     result["data"] = args.data
     result["device"] = describe_device(device)

@@ -28,7 +28,7 @@ import torch
 
 from ..config import list_presets
 from ..errors import TextVAEError
-from ..evaluation.journal import IWJournal
+from ..evaluation.journal import IWJournal, journal_path
 from ..image.config import ImageConfig, build_image_config
 from ..image.evaluate import evaluate_images
 from ..image.model import ConvVAE
@@ -143,7 +143,7 @@ def _eval(args: argparse.Namespace) -> None:
     batches = eval_batches(args.data, args.split, model.config, args.limit, args.seed)
     subset = {"limit": args.limit, "seed": args.seed} if args.limit else None
     suffix = f"_limit{args.limit}_seed{args.seed}" if args.limit else ""
-    journal = IWJournal(Path(args.run) / f"eval_{args.split}{suffix}.partial.pt")  # a stop loses at most a minute
+    journal = IWJournal(journal_path(Path(args.run) / eval_file(args.split, suffix)))  # a stop loses little
     result = {"split": args.split, "data": str(data_path(args.data, model.config)), "subset": subset,
               **evaluate_images(model, batches, args.iw_samples, args.seed, journal),
               "device": describe_device(model.device), "command": args.invocation}

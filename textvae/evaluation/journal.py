@@ -40,6 +40,11 @@ def fingerprint(model: nn.Module, data: bytes) -> str:
     return digest.hexdigest()
 
 
+def journal_path(results: Path) -> Path:
+    """The journal beside an evaluation's results file: eval_test.json -> eval_test.partial.pt."""
+    return results.with_name(f"{results.stem}.partial.pt")
+
+
 class IWJournal:
     def __init__(self, path: Path, every: float = SAVE_EVERY, clock: Callable[[], float] = time.monotonic) -> None:
         self.path, self.every, self.clock = path, every, clock

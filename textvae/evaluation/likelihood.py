@@ -66,7 +66,7 @@ def importance_weighted_nll(model, batches: Iterable, num_samples: int, device: 
     pieces = list(journal.pieces) if journal is not None else []
     if pieces:
         generator.set_state(journal.generator_state)
-    state = generator.get_state()  # the sampler's state after the batches in pieces
+    state = generator.get_state() if journal is not None else None  # the sampler's after the batches in pieces
     try:
         for index, batch in enumerate(batches):
             if index < len(pieces):
@@ -80,8 +80,8 @@ def importance_weighted_nll(model, batches: Iterable, num_samples: int, device: 
                     samples = chunk or max(1, MAX_DECODES // len(batch))
                     log_px = importance_weighted_log_likelihood(model, batch, num_samples, samples, generator)
             pieces.append(-log_px.double().cpu())
-            state = generator.get_state()
             if journal is not None:
+                state = generator.get_state()
                 journal.save(pieces, state)
             if progress:
                 progress(batch)
