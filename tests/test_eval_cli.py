@@ -47,7 +47,7 @@ def test_eval_prints_the_table_and_writes_the_figures(evaluated):
     assert stored["sentences"] == len(TEST)
     # Provenance: the command as typed and what ran it.
     assert stored["command"].startswith(f"textvae -q eval {run} --data ") and "--iw-samples 5" in stored["command"]
-    assert re.fullmatch(r"cpu, \d+ threads?", stored["device"])
+    assert re.fullmatch(r"cpu, \d+ threads?, .+ \((no )?native bf16\)", stored["device"])
     from textvae.tokenization import Tokenizer
 
     tok = Tokenizer.load(run / "tokenizer")

@@ -8,8 +8,11 @@ that has ended leaves the batch (``select_state`` keeps the live rows), so
 the work follows the sentences' own lengths, not the longest one's.
 
 Strategies: greedy, sampling (temperature, top-k, top-p) and beam search
-(width, length normalisation). Optional per-row prefixes are forced before
-the model continues (prefix completion). Any strategy can be held to the
+(width, length normalisation). Greedy decoding on a CPU with native bf16
+finds each token from a bf16 output product and checks it in fp32
+(nn/output.py, ScreenedArgmax): the same tokens at a fraction of the cost.
+Optional per-row prefixes are forced before the model continues (prefix
+completion). Any strategy can be held to the
 words of a list (``GenerationConfig.words``, textvae/lexicon.py).
 """
 
@@ -20,6 +23,8 @@ from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import Tensor, nn
+
+from .nn.output import ScreenedArgmax
 
 if TYPE_CHECKING:
     from .lexicon import WordConstraint
@@ -79,9 +84,11 @@ def choose(logits: Tensor, config: GenerationConfig, generator: Optional[torch.G
     return (probs / (noise if rows is None else noise[rows])).argmax(-1)
 
 
-def _next_logits(decoder: nn.Module, hidden: Tensor, forbidden: tuple[int, ...]) -> Tensor:
-    """fp32 logits (B, V) for the last position, with forbidden ids at -inf."""
-    logits = decoder.output(hidden[:, -1]).float()
+def _next_logits(decoder: nn.Module, hidden: Tensor, forbidden: tuple[int, ...],
+                 screen: Optional[ScreenedArgmax] = None) -> Tensor:
+    """fp32 logits (B, V) for the last position, with forbidden ids at -inf
+    (with ``screen``, its bf16 approximation, for its exact argmax)."""
+    logits = decoder.output(hidden[:, -1]).float() if screen is None else screen.logits(hidden[:, -1])
     if forbidden:
         logits[:, list(forbidden)] = float("-inf")
     return logits
@@ -126,10 +133,12 @@ def generate(decoder: nn.Module, z: Optional[Tensor], batch_size: int, bos_id: i
     device = decoder.output.weight.device
     table, prefix_len = _prefix_tensor(prefixes, device)
     common = min(len(p) for p in prefixes)
+    # Greedy decoding reads its argmax off a bf16 product where that is faster (nn/output.py).
+    screen = ScreenedArgmax.for_decoder(decoder) if config.strategy == "greedy" else None
     state = decoder.initial_state(z, batch_size)
     start = torch.cat([torch.full((batch_size, 1), bos_id, device=device), table[:, :common]], dim=1)
     hidden, state = decoder(start, state)  # the shared prefix in one call
-    logits = _next_logits(decoder, hidden, forbidden)  # (R, V) for the R live rows
+    logits = _next_logits(decoder, hidden, forbidden, screen)  # (R, V) for the R live rows
     words = config.words.to(device) if config.words is not None else None
     spelt = None if words is None else words.initial(batch_size)  # (R,) each live row's word state
     for position in range(common if words is not None else 0):
@@ -143,7 +152,7 @@ def generate(decoder: nn.Module, z: Optional[Tensor], batch_size: int, bos_id: i
         logits = _mask_first(logits, live_prefix, position, not_first)
         if words is not None:
             logits = words.mask(logits, spelt, config.max_length - position - 1)  # a last word that fits
-        token = choose(logits, config, generator, live, batch_size)  # (R,)
+        token = screen.argmax(logits) if screen else choose(logits, config, generator, live, batch_size)  # (R,)
         forced = live_prefix > position
         if bool(forced.any()):
             token = torch.where(forced, table[live, min(position, table.shape[1] - 1)], token)
@@ -164,7 +173,7 @@ def generate(decoder: nn.Module, z: Optional[Tensor], batch_size: int, bos_id: i
             boundary = words.at_boundary(spelt)
             whole[live[boundary]] = torch.clamp_min(prefix_len[live[boundary]], position + 1)
         hidden, state = decoder(token.unsqueeze(1), state)
-        logits = _next_logits(decoder, hidden, forbidden)
+        logits = _next_logits(decoder, hidden, forbidden, screen)
     if words is not None and len(live):  # cut at max_length: drop a half-spelt last word (a forced prefix's)
         for row, length in zip(live.tolist(), whole[live].tolist()):
             out[row, length:] = eos_id

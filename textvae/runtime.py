@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from functools import partial
+import platform
+from functools import lru_cache, partial
+from pathlib import Path
 
 import torch
 
@@ -30,11 +32,26 @@ def resolve_device(name: str) -> torch.device:
 
 
 def describe_device(device: torch.device) -> str:
-    """What ran a job, for result files: "cpu, 2 threads" or "cuda:0, NVIDIA H200"."""
+    """What ran a job, for result files: "cpu, 2 threads, AMD EPYC (native
+    bf16)" or "cuda:0, NVIDIA H200". A CPU's speed, and whether bf16 ran as
+    asked, depend on the model, so figures say which."""
     if device.type == "cuda":
         index = torch.cuda.current_device() if device.index is None else device.index
         return f"cuda:{index}, {torch.cuda.get_device_name(index)}"
-    return f"{device}, {describe_threads()}"
+    bf16 = "native bf16" if native_bf16(device) else "no native bf16"
+    return f"{device}, {describe_threads()}, {cpu_name()} ({bf16})"
+
+
+@lru_cache(maxsize=1)
+def cpu_name() -> str:
+    """The CPU's model name as the kernel reports it (Linux), else the platform's."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def native_bf16(device: torch.device) -> bool:
