@@ -79,12 +79,10 @@ NOTES = Path(__file__).with_name("ptb_full_notes.md")  # what was tried and what
 RECORD = ROOT / "results" / "ptb.json"
 
 
-def recorded_rows() -> dict[str, dict]:
+def recorded_rows(record: dict) -> dict[str, dict]:
     """The rows results/ptb.json holds, by name: a run folder is not kept
     between machines, and a row whose folder is gone keeps its record."""
-    if not RECORD.exists():
-        return {}
-    return {r["run"]: r for r in json.loads(RECORD.read_text())["rows"] if r["status"] == "done"}
+    return {r["run"]: r for r in record.get("rows", []) if r["status"] == "done"}
 
 
 def row(name: str, runs: Path, recorded: dict[str, dict]) -> dict:
@@ -257,15 +255,15 @@ def main() -> None:
         if not (ROOT / args.data).is_dir():  # relative paths are the project root's
             sys.exit(f"ptb_full_report: error: no data at {args.data} (pass --data or set TEXTVAE_DATA)")
         evaluate(Path(args.runs), args.evaluate, args.data, args.device, args.rows)
-    recorded = recorded_rows()
-    rows = [row(name, Path(args.runs), recorded) for name in ROWS]
+    record = json.loads(RECORD.read_text()) if RECORD.exists() else {}
+    rows = [row(name, Path(args.runs), recorded_rows(record)) for name in ROWS]
     published = json.loads((ROOT / "results" / "ptb_published.json").read_text())
     lm, vae = best_rows(rows)
     output = []
     if vae and (Path(args.runs) / vae["run"]).exists():
         output = showcase(str(Path(args.runs, vae["run"]).relative_to(ROOT)))
-    elif vae and RECORD.exists() and json.loads(RECORD.read_text())["best_vae"] == vae["run"]:
-        output = json.loads(RECORD.read_text())["showcase"]  # its folder is gone: the recorded output
+    elif vae and record.get("best_vae") == vae["run"]:
+        output = record.get("showcase", [])  # its folder is gone: the recorded output
     lines = [
         "# Penn Treebank at full strength: an hour of training per run",
         "",

@@ -40,6 +40,7 @@ def token_log_likelihood(hidden: Tensor, output: nn.Module, targets: Tensor, mas
 # Greedy decoding's argmax from a bf16 projection, made exact (below).
 SCREEN_MIN_VOCAB = 1024  # smaller vocabularies: the fp32 product is cheap, screening does not pay
 SCREEN_BLOCK = 128  # logits per block of the first search
+SCREEN_DENSE_BLOCKS = 8  # a row with more blocks within reach takes the fp32 product
 BF16_UNIT = 2.0 ** -8  # unit roundoff of bf16 (8 significant bits, round to nearest)
 FP32_UNIT = 2.0 ** -24
 
@@ -51,36 +52,41 @@ class ScreenedArgmax:
     times as fast as fp32 ones, and greedy decoding needs only the best token.
     The bf16 logits are off from the fp32 ones by a bounded amount (standard
     floating-point error analysis, Higham 2002, ch. 3; u = 2^-8 is bf16's unit
-    roundoff): for logit j of row r, with h the hidden state, w_j and b_j the
-    weights and bias, p the bf16 logit and a = |h|.|w_j| <= ||h|| ||w_j||,
+    roundoff, g = K 2^-24 covers fp32 sums of K terms, the product's and the
+    fp32 reference's own): for logit j of row r, with h the hidden state, w_j
+    and b_j the weights and bias, p the bf16 logit and a = |h|.|w_j| <= ||h|| ||w_j||,
 
-        |p - fp32 logit| <= (2u + u^2 + 2 H 2^-24) a + (u + 2 H 2^-24) |b_j| + u/(1-u) |p|,
+        |p - fp32 logit| <= (2u + u^2 + 2g) a + (u + 2g) |b_j| + u/(1-u) |p|,
 
     and |p| <= ||h|| max_j ||w_j|| + max_j |b_j| (times 1 + O(u)). So every
     token whose fp32 logit could be a row's largest has a bf16 logit within
     twice that bound (taken over the row) of the row's best; those few are
     recomputed in fp32 and the largest wins, the first of equals as
-    torch.argmax does. The tokens are those of the fp32 logits, except where
-    two fp32 logits lie closer than fp32's own rounding (a few 1e-6: the full
-    product and a recomputed dot product sum in different orders).
+    torch.argmax does. The tokens are those of the fp32 logits except at
+    near-ties within fp32's own rounding (about 2g (a + |b|), a few 1e-6 of a
+    logit: the full product and a recomputed dot product sum in different
+    orders, as the fp32 product itself does for different batch sizes). Rows
+    the bound cannot serve (a non-finite hidden state or logit, or a flat row
+    with hundreds of candidates) take the fp32 product.
     """
 
     def __init__(self, output: nn.Linear) -> None:
         weight = output.weight.detach()  # (V, H)
         vocab, hidden = weight.shape
         bias = output.bias.detach() if output.bias is not None else weight.new_zeros(vocab)
-        self.weight, self.bias = weight, bias.float()
+        self.output, self.weight, self.bias = output, weight, bias.float()
         # The bias rides in the product as one more input column (the hidden
         # state gets a 1 there), padded to a multiple of 8: a product with a
         # bias argument costs half as much again on the CPU.
         self.width = (hidden + 1 + 7) // 8 * 8
         self.weight_bf16 = torch.cat([weight, bias.unsqueeze(1), weight.new_zeros(vocab, self.width - hidden - 1)],
                                      1).bfloat16()  # (V, width)
-        bias_max, norm_max = float(bias.abs().max()), float(weight.float().norm(dim=1).max())
-        u, products = BF16_UNIT, 2 * BF16_UNIT + BF16_UNIT ** 2 + 2 * self.width * FP32_UNIT
-        # bound = slope * ||h|| + offset; 1e-3 of slack covers the O(u^2) terms.
-        self.slope = (products + u / (1 - u)) * norm_max * (1 + 1e-3)
-        self.offset = (u + u / (1 - u) + 2 * self.width * FP32_UNIT) * bias_max * (1 + 1e-3)
+        bias_max, norm_max = float(bias.abs().max()), float(weight.double().norm(dim=1).max())
+        u, sums = BF16_UNIT, 2 * self.width * FP32_UNIT
+        slack = 1 + 2 ** -5  # covers the O(u^2) terms
+        self.slope = (2 * u + u * u + sums + u / (1 - u)) * norm_max * slack  # bound = slope ||h|| + offset
+        # bf16 flushes subnormal products to zero: up to width of them, each below 2^-126 |w|.
+        self.offset = ((u + u / (1 - u) + sums) * bias_max + self.width * 2.0 ** -126 * max(1.0, norm_max)) * slack
         self.hidden: Optional[Tensor] = None
         self.bound: Optional[Tensor] = None
 
@@ -88,7 +94,7 @@ class ScreenedArgmax:
     def for_decoder(decoder: nn.Module, force: bool = False) -> Optional["ScreenedArgmax"]:
         """One for ``decoder``'s output layer where it pays (a CPU with native
         bf16, a vocabulary of SCREEN_MIN_VOCAB or more), else None."""
-        from ..runtime import native_bf16  # noqa: PLC0415 (runtime sits above nn)
+        from .. import runtime  # noqa: PLC0415 (runtime sits above nn)
 
         output = getattr(decoder, "output", None)
         if not isinstance(output, nn.Linear) or output.weight.dtype != torch.float32:
@@ -96,42 +102,62 @@ class ScreenedArgmax:
         device = output.weight.device
         if torch.is_autocast_enabled(device.type):  # bf16 logits were asked for: nothing to make exact
             return None
-        if force or (device.type == "cpu" and output.out_features >= SCREEN_MIN_VOCAB and native_bf16(device)):
+        if force or (device.type == "cpu" and output.out_features >= SCREEN_MIN_VOCAB
+                     and runtime.native_bf16(device)):
             return ScreenedArgmax(output)
         return None
 
     def logits(self, hidden: Tensor) -> Tensor:
         """Logits (R, V) of hidden (R, H) from the bf16 product, in fp32 (exact
-        copies of the bf16 values), for ``argmax`` and for masking before it."""
+        copies of the bf16 values), for ``argmax`` and for masking to -inf before it."""
         self.hidden = hidden
-        self.bound = self.slope * hidden.float().norm(dim=-1) + self.offset  # (R,)
+        norm = torch.linalg.vector_norm(hidden, dim=-1, dtype=torch.float64)  # no underflow of tiny states
+        self.bound = (self.slope * norm + self.offset).float()  # (R,)
         extra = hidden.new_zeros(len(hidden), self.width - hidden.shape[1])
         extra[:, 0] = 1.0  # times the bias column
         return F.linear(torch.cat([hidden, extra], 1).bfloat16(), self.weight_bf16).float()
 
     def argmax(self, logits: Tensor) -> Tensor:
-        """The fp32 argmax of each row of ``logits`` (from ``logits()``), (R, V) -> (R,).
-        A row that is all -inf gets token 0, as torch.argmax gives it.
+        """The fp32 argmax of each row of ``logits`` (those of the latest
+        ``logits()``, with some set to -inf since), (R, V) -> (R,). A row that
+        is all -inf gets token 0, as torch.argmax gives it.
 
         Only maxima over blocks of SCREEN_BLOCK logits pass over the whole
         (R, V) (comparisons and their indices cost several times as much
         there); the blocks that reach a row's floor are searched after."""
         rows, vocab = logits.shape
+        if self.hidden is None or len(self.hidden) != rows:
+            raise ValueError("ScreenedArgmax.argmax needs the logits of its latest logits() call")
         whole = vocab // SCREEN_BLOCK * SCREEN_BLOCK
         blocks = logits[:, :whole].unflatten(1, (-1, SCREEN_BLOCK)).amax(-1)  # (R, V // SCREEN_BLOCK)
         if whole < vocab:
             blocks = torch.cat([blocks, logits[:, whole:].amax(-1, keepdim=True)], 1)
         best = blocks.amax(-1)  # (R,)
-        floor = (best - 2 * self.bound).masked_fill(best == float("-inf"), float("inf"))
-        hot_row, hot_block = (blocks >= floor.unsqueeze(1)).nonzero().unbind(1)  # (m,) blocks within reach
+        floor = best - 2 * self.bound
+        hot = blocks >= floor.unsqueeze(1)  # (R, blocks) blocks within reach
+        # The bound cannot serve a row with a non-finite state or logit (NaN or
+        # +inf anywhere) or a flat one (many blocks within reach): fp32 there.
+        dense = ~torch.isfinite(floor) | (hot.sum(-1) > SCREEN_DENSE_BLOCKS) | torch.isnan(best) \
+            | (best == float("inf"))
+        token = torch.zeros(rows, dtype=torch.long, device=logits.device)
+        hot &= ~dense.unsqueeze(1)
+        if bool(dense.any()):
+            index = dense.nonzero().squeeze(1)
+            exact = self.output(self.hidden[index].to(self.weight.dtype)).float()
+            token[index] = exact.masked_fill(logits[index] == float("-inf"), float("-inf")).argmax(-1)
+        token[best == float("-inf")] = 0  # all masked
+        hot_row, hot_block = hot.nonzero().unbind(1)  # (m,)
         columns = hot_block.unsqueeze(1) * SCREEN_BLOCK + torch.arange(SCREEN_BLOCK, device=logits.device)
         inside = columns < vocab
         columns = columns.clamp(max=vocab - 1)  # (m, SCREEN_BLOCK)
-        reach = (logits[hot_row.unsqueeze(1), columns] >= floor[hot_row].unsqueeze(1)) & inside
+        values = logits[hot_row.unsqueeze(1), columns]
+        reach = (values >= floor[hot_row].unsqueeze(1)) & (values > float("-inf")) & inside
         slot, offset = reach.nonzero().unbind(1)
         row, column = hot_row[slot], columns[slot, offset]  # (n,) the candidates
+        if len(row) == 0:
+            return token
         exact = (self.hidden[row].float() * self.weight[column]).sum(-1) + self.bias[column]  # (n,) fp32 logits
         top = torch.full_like(best, float("-inf")).scatter_reduce(0, row, exact, "amax")
         first = torch.where(exact == top[row], column, vocab)  # the first of equal maxima
-        return torch.zeros(rows, dtype=torch.long, device=logits.device).scatter_reduce(
-            0, row, first, "amin", include_self=False)
+        chosen = torch.full_like(token, vocab).scatter_reduce(0, row, first, "amin")
+        return torch.where(chosen < vocab, chosen, token)
