@@ -2,8 +2,10 @@
 
 Prints one JSON object per case on stdout. For the PTB-protocol LSTM VAE
 (embedding 256, LSTM 256/256, latent 32, batch 32) and the small Transformer
-preset it measures training tokens/s, IW-NLL evaluation sentences/s,
-generation sentences/s and peak memory; in the same process it runs a
+preset it measures training tokens/s, IW-NLL evaluation sentences/s and
+its time over the output projection's roofline, generation sentences/s
+(sampled at batch 64; greedy as `textvae sample` runs it, with and without
+the bf16 screen of nn/output.py) and peak memory; in the same process it runs a
 **plain baseline** — fp32, eager, random (unbucketed) padded batches, full
 (B, T, V) logits — and prints the ratio, since only a ratio measured side by
 side means anything on a shared machine.
@@ -38,7 +40,8 @@ from textvae.data import TextBatches, collate, load_splits
 from textvae.evaluation.likelihood import importance_weighted_log_likelihood
 from textvae.generation import GenerationConfig, generate
 from textvae.model import TextVAE
-from textvae.nn.output import CHUNK_LOGITS
+from textvae.nn.output import CHUNK_LOGITS, ScreenedArgmax
+from textvae.operations import sample_stream
 from textvae.objectives import elbo_loss
 from textvae.runtime import autocast_context
 from textvae.threads import ThreadGovernor
@@ -216,6 +219,28 @@ def bench_case(name: str, overrides: list[str], splits, tokenizer, args) -> None
                 generate(model.decoder, z, 64, tokenizer.bos_id, tokenizer.eos_id,
                          GenerationConfig(strategy="sample", max_length=40))
         result[f"generation_sentences_per_s_{precision}"] = round(3 * 64 / (time.perf_counter() - start), 1)
+    # Greedy decoding as `textvae sample -n 1024 --strategy greedy --max-length 30`
+    # runs it (prior z, chunks of SAMPLE_CHUNK), with greedy's bf16 screen
+    # (where bf16 is native) and with the plain fp32 argmax, in alternating
+    # rounds; the sentences that differ (only at exact fp32 ties) are counted.
+    greedy = {}
+    for name in ("fp32_argmax", "screened", "fp32_argmax", "screened"):
+        plain = ScreenedArgmax.for_decoder
+        if name == "fp32_argmax":
+            ScreenedArgmax.for_decoder = staticmethod(lambda decoder, force=False: None)
+        try:
+            start = time.perf_counter()
+            lines = [line for chunk in sample_stream(model, 1024, seed=0, strategy="greedy", max_length=30)
+                     for line in chunk]
+            took = time.perf_counter() - start
+        finally:
+            ScreenedArgmax.for_decoder = plain
+        best, _ = greedy.get(name, (float("inf"), None))
+        greedy[name] = (min(best, took), lines)
+    for name, (took, _) in greedy.items():
+        result[f"greedy_sentences_per_s_{name}"] = round(1024 / took, 1)
+    result["greedy_sentences_differing"] = sum(a != b for a, b in zip(greedy["fp32_argmax"][1], greedy["screened"][1]))
+    result["greedy_mean_tokens"] = round(sum(len(tokenizer.encode(line)) for line in greedy["screened"][1]) / 1024, 1)
     result["peak_memory_mb"] = round(peak_memory_mb())
     result["threads"] = torch.get_num_threads()
     print(json.dumps(result), flush=True)
