@@ -156,6 +156,25 @@ def projection_peak(output: nn.Module, autocast, seconds: float = 1.0) -> float:
     return 2 * rows * hidden * vocab / best
 
 
+def time_greedy(model: TextVAE, tokenizer, n: int = 1024) -> dict:
+    """Greedy decoding as `textvae sample -n N --strategy greedy --max-length 30`
+    runs it (prior z, chunks of SAMPLE_CHUNK), with greedy's bf16 screen
+    (nn/output.py; where bf16 is native) and with the plain fp32 argmax, in
+    alternating rounds, the best of two each; the sentences that differ (only
+    at exact fp32 ties) are counted."""
+    best, lines = {}, {}
+    for name in ("fp32_argmax", "screened", "fp32_argmax", "screened"):
+        ScreenedArgmax.enabled = name == "screened"
+        start = time.perf_counter()
+        lines[name] = [line for chunk in sample_stream(model, n, seed=0, strategy="greedy", max_length=30)
+                       for line in chunk]
+        best[name] = min(best.get(name, float("inf")), time.perf_counter() - start)
+    ScreenedArgmax.enabled = True
+    return {**{f"greedy_sentences_per_s_{name}": round(n / took, 1) for name, took in best.items()},
+            "greedy_sentences_differing": sum(a != b for a, b in zip(lines["fp32_argmax"], lines["screened"])),
+            "greedy_mean_tokens": round(sum(len(tokenizer.encode(line)) for line in lines["screened"]) / n, 1)}
+
+
 def bench_case(name: str, overrides: list[str], splits, tokenizer, args) -> None:
     steps = args.steps + args.warmup
     config, model, train, ours, step = textvae_training(args.config_for[name], overrides, splits, tokenizer, steps)
@@ -219,28 +238,7 @@ def bench_case(name: str, overrides: list[str], splits, tokenizer, args) -> None
                 generate(model.decoder, z, 64, tokenizer.bos_id, tokenizer.eos_id,
                          GenerationConfig(strategy="sample", max_length=40))
         result[f"generation_sentences_per_s_{precision}"] = round(3 * 64 / (time.perf_counter() - start), 1)
-    # Greedy decoding as `textvae sample -n 1024 --strategy greedy --max-length 30`
-    # runs it (prior z, chunks of SAMPLE_CHUNK), with greedy's bf16 screen
-    # (where bf16 is native) and with the plain fp32 argmax, in alternating
-    # rounds; the sentences that differ (only at exact fp32 ties) are counted.
-    greedy = {}
-    for name in ("fp32_argmax", "screened", "fp32_argmax", "screened"):
-        plain = ScreenedArgmax.for_decoder
-        if name == "fp32_argmax":
-            ScreenedArgmax.for_decoder = staticmethod(lambda decoder, force=False: None)
-        try:
-            start = time.perf_counter()
-            lines = [line for chunk in sample_stream(model, 1024, seed=0, strategy="greedy", max_length=30)
-                     for line in chunk]
-            took = time.perf_counter() - start
-        finally:
-            ScreenedArgmax.for_decoder = plain
-        best, _ = greedy.get(name, (float("inf"), None))
-        greedy[name] = (min(best, took), lines)
-    for name, (took, _) in greedy.items():
-        result[f"greedy_sentences_per_s_{name}"] = round(1024 / took, 1)
-    result["greedy_sentences_differing"] = sum(a != b for a, b in zip(greedy["fp32_argmax"][1], greedy["screened"][1]))
-    result["greedy_mean_tokens"] = round(sum(len(tokenizer.encode(line)) for line in greedy["screened"][1]) / 1024, 1)
+    result.update(time_greedy(model, tokenizer))
     result["peak_memory_mb"] = round(peak_memory_mb())
     result["threads"] = torch.get_num_threads()
     print(json.dumps(result), flush=True)

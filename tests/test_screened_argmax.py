@@ -165,6 +165,9 @@ def test_the_screen_is_used_only_where_it_pays(monkeypatch):
     monkeypatch.setattr(runtime, "native_bf16", lambda device: True)
     assert ScreenedArgmax.for_decoder(holder(small)) is None  # a small vocabulary: fp32 is cheap
     assert ScreenedArgmax.for_decoder(holder(large)) is not None
+    monkeypatch.setattr(ScreenedArgmax, "enabled", False)  # switched off (to time against the fp32 argmax)
+    assert ScreenedArgmax.for_decoder(holder(large)) is None
+    monkeypatch.setattr(ScreenedArgmax, "enabled", True)
     monkeypatch.setattr(runtime, "native_bf16", lambda device: False)
     assert ScreenedArgmax.for_decoder(holder(large)) is None  # emulated bf16 is slower than fp32
     assert ScreenedArgmax.for_decoder(holder(large), force=True) is not None

@@ -70,6 +70,8 @@ class ScreenedArgmax:
     with hundreds of candidates) take the fp32 product.
     """
 
+    enabled = True  # False: greedy decoding takes the plain fp32 argmax (to time against it)
+
     def __init__(self, output: nn.Linear) -> None:
         weight = output.weight.detach()  # (V, H)
         vocab, hidden = weight.shape
@@ -102,7 +104,7 @@ class ScreenedArgmax:
         device = output.weight.device
         if torch.is_autocast_enabled(device.type):  # bf16 logits were asked for: nothing to make exact
             return None
-        if force or (device.type == "cpu" and output.out_features >= SCREEN_MIN_VOCAB
+        if force or (ScreenedArgmax.enabled and device.type == "cpu" and output.out_features >= SCREEN_MIN_VOCAB
                      and runtime.native_bf16(device)):
             return ScreenedArgmax(output)
         return None
@@ -135,17 +137,16 @@ class ScreenedArgmax:
         best = blocks.amax(-1)  # (R,)
         floor = best - 2 * self.bound
         hot = blocks >= floor.unsqueeze(1)  # (R, blocks) blocks within reach
-        # The bound cannot serve a row with a non-finite state or logit (NaN or
-        # +inf anywhere) or a flat one (many blocks within reach): fp32 there.
-        dense = ~torch.isfinite(floor) | (hot.sum(-1) > SCREEN_DENSE_BLOCKS) | torch.isnan(best) \
-            | (best == float("inf"))
+        # The bound cannot serve a row with a non-finite floor (a NaN or +inf
+        # anywhere; all masked) or a flat one (many blocks within reach): the
+        # fp32 product there, with the row's masks.
+        dense = ~torch.isfinite(floor) | (hot.sum(-1) > SCREEN_DENSE_BLOCKS)
         token = torch.zeros(rows, dtype=torch.long, device=logits.device)
         hot &= ~dense.unsqueeze(1)
         if bool(dense.any()):
             index = dense.nonzero().squeeze(1)
             exact = self.output(self.hidden[index].to(self.weight.dtype)).float()
             token[index] = exact.masked_fill(logits[index] == float("-inf"), float("-inf")).argmax(-1)
-        token[best == float("-inf")] = 0  # all masked
         hot_row, hot_block = hot.nonzero().unbind(1)  # (m,)
         columns = hot_block.unsqueeze(1) * SCREEN_BLOCK + torch.arange(SCREEN_BLOCK, device=logits.device)
         inside = columns < vocab
