@@ -20,6 +20,7 @@ def test_defaults_are_valid_and_round_trip_through_json(tmp_path):
     ("model", "hidden_dim", 0),
     ("model", "latent_dim", -4),
     ("model", "dropout", 1.0),
+    ("model", "weight_drop", 1.0),
     ("model", "latent_to_decoder", "sideways"),
     ("data", "max_length", 0),
     ("tokenizer", "spec", ""),

@@ -3,7 +3,8 @@ ScreenedArgmax): the token is the fp32 product's argmax even where two
 logits are closer than bf16 can tell apart (where a plain bf16 argmax is
 wrong), including a case built to need the whole error bound; equal logits
 go to the first; masked logits stay out, also in rows the bound cannot
-serve (non-finite, flat); greedy generation of LSTM and Transformer
+serve (non-finite, flat); the bf16 weights are made again when the
+layer's weights change; greedy generation of LSTM and Transformer
 decoders, with prefixes, ``not_first`` and a word list, gives the same
 sentences with it as without it; it is used only where it pays."""
 
@@ -38,6 +39,19 @@ def test_the_token_is_the_fp32_argmax_where_bf16_cannot_tell():
         ours = screen.argmax(screen.logits(states))
     assert (naive != exact).sum() > 100  # bf16 alone picks the wrong one of a pair often
     assert torch.equal(ours, exact)
+
+
+def test_the_bf16_weights_are_kept_until_the_layer_changes():
+    layer, states = near_ties(rows=200)
+    first, again = ScreenedArgmax(layer), ScreenedArgmax(layer)
+    assert again.weight_bf16 is first.weight_bf16  # made once for the layer
+    for change in (lambda: layer.weight.mul_(-1), lambda: layer.bias.add_(1.0),
+                   lambda: layer.load_state_dict({k: v.flip(0) for k, v in layer.state_dict().items()})):
+        with torch.no_grad():
+            change()
+            screen = ScreenedArgmax(layer)
+            assert torch.equal(screen.argmax(screen.logits(states)), layer(states).argmax(-1))
+    assert screen.weight_bf16 is not first.weight_bf16
 
 
 def test_masked_logits_stay_out():

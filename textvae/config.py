@@ -67,6 +67,7 @@ class ModelConfig:
     latent_to_decoder: str = "both"  # LSTM: "init" state, "input" concat, or "both"
     dropout: float = 0.0  # on embeddings and decoder outputs
     word_dropout: float = 0.0  # Bowman et al. 2016: decoder inputs -> unk, training only
+    weight_drop: float = 0.0  # LSTMs: DropConnect on hidden-to-hidden weights (Merity et al. 2018), training only
     logvar_min: float = -10.0
     logvar_max: float = 10.0
     tie_embeddings: bool = False  # share decoder input and output embeddings
@@ -108,6 +109,7 @@ class ModelConfig:
         _choice("model.latent_injection", self.latent_injection, ("embedding", "memory", "both"))
         _check(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
         _check(0.0 <= self.word_dropout <= 1.0, "model.word_dropout must be in [0, 1]")
+        _check(0.0 <= self.weight_drop < 1.0, "model.weight_drop must be in [0, 1)")
         _check(self.logvar_min < self.logvar_max, "model.logvar_min must be < model.logvar_max")
         _check(self.bn_vae_gamma >= 0.0, "model.bn_vae_gamma must be >= 0")
         _check(self.delta >= 0.0, "model.delta must be >= 0")

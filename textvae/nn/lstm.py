@@ -6,11 +6,36 @@ from typing import Optional
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from ..config import ModelConfig
 from ..errors import TextVAEError
 from .dropout import Dropout
+
+
+class LSTM(nn.LSTM):
+    """``nn.LSTM`` with weight drop (Merity et al. 2018, "Regularizing and
+    Optimizing LSTM Language Models", sec. 2): in training, DropConnect on the
+    hidden-to-hidden matrices, one mask per forward pass, so every time step
+    of a batch sees the same dropped recurrent weights. The fused kernel runs
+    unchanged on the masked matrices; in evaluation the weights are whole."""
+
+    def __init__(self, *args, weight_drop: float = 0.0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.weight_drop, self._dropping = weight_drop, False
+
+    def forward(self, input, hx=None):
+        if not (self.training and self.weight_drop > 0) or self._dropping:
+            return super().forward(input, hx)
+        dropped = {name: nn.functional.dropout(getattr(self, name), self.weight_drop)
+                   for name in self._flat_weights_names if name.startswith("weight_hh")}
+        self._dropping = True  # functional_call runs forward again, on the dropped weights
+        try:
+            return functional_call(self, dropped, (input, hx))
+        finally:
+            self._dropping = False
+            self._init_flat_weights()  # the fused kernel's weight list back on the parameters themselves
 
 
 class LSTMEncoder(nn.Module):
@@ -22,9 +47,9 @@ class LSTMEncoder(nn.Module):
         width = config.encoder_width
         self.embedding = nn.Embedding(vocab_size, config.embed_dim, padding_idx=pad_id)
         self.dropout = Dropout(config.dropout)
-        self.lstm = nn.LSTM(config.embed_dim, width, config.encoder_layers, batch_first=True,
-                            bidirectional=config.bidirectional,
-                            dropout=config.dropout if config.encoder_layers > 1 else 0.0)
+        self.lstm = LSTM(config.embed_dim, width, config.encoder_layers, batch_first=True,
+                         bidirectional=config.bidirectional, weight_drop=config.weight_drop,
+                         dropout=config.dropout if config.encoder_layers > 1 else 0.0)
         self.output_dim = width * (2 if config.bidirectional else 1)
 
     def forward(self, tokens: Tensor, lengths: Tensor) -> Tensor:
@@ -65,8 +90,9 @@ class LSTMDecoder(nn.Module):
         self.embedding = nn.Embedding(vocab_size, config.embed_dim, padding_idx=pad_id)
         self.dropout = Dropout(config.dropout)
         input_dim = config.embed_dim + (latent if self.latent_in_input else 0)
-        self.lstm = nn.LSTM(input_dim, config.hidden_dim, config.decoder_layers, batch_first=True,
-                            dropout=config.dropout if config.decoder_layers > 1 else 0.0)
+        self.lstm = LSTM(input_dim, config.hidden_dim, config.decoder_layers, batch_first=True,
+                         weight_drop=config.weight_drop,
+                         dropout=config.dropout if config.decoder_layers > 1 else 0.0)
         if self.latent_in_state:
             self.latent_to_cell = nn.Linear(latent, config.decoder_layers * config.hidden_dim)
         self.output = nn.Linear(config.hidden_dim, vocab_size)
