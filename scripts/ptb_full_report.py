@@ -73,6 +73,10 @@ ROWS = {  # name: (what, the README's short label, extra training flags)
                      "--config configs/ptb/lm.yaml --set model.dropout=0.3"),
     "ae-fb-d0.3-bf16": ("ae-fb-d0.3 on a CPU with native bf16", "ae-fb, dropout 0.3, bf16 CPU",
                         "--config configs/ptb/ae-fb.yaml --set train.ae_pretrain_epochs=2 --set model.dropout=0.3"),
+    # Weight drop (Merity et al. 2018) against the dropout-0.3 LM's overfitting.
+    "lm-wd0.3-bf16": ("lm-d0.3-bf16 with weight drop 0.3 on the LSTM's recurrent weights",
+                      "lm, dropout 0.3, weight drop 0.3",
+                      "--config configs/ptb/lm.yaml --set model.dropout=0.3 --set model.weight_drop=0.3"),
 }
 TRAIN_FLAGS = "--time-budget 60 --set train.num_threads=1"
 NOTES = Path(__file__).with_name("ptb_full_notes.md")  # what was tried and what it gave, written by hand

@@ -207,3 +207,57 @@ def test_bf16_importance_weighted_nll_matches_fp32(word_tokenizer, model_options
     assert low.dtype == torch.float32
     assert (low - fp32).abs().max() < 0.05
     assert abs(float((low - fp32).mean())) < 0.05
+
+
+# ------------------------------------------- the compiled scoring kernel
+def test_compiled_scoring_gives_the_eager_estimate(tiny_model, caplog):
+    """Inside fused_scoring() (the IW driver's, for large K) the per-token
+    log-likelihoods come from one compiled kernel per chunk, padded to one
+    shape; the estimate is the eager one, in fp32 and under bf16 autocast."""
+    from textvae.nn import fused_scoring
+
+    batch = tiny_model.batch(HELD_OUT)
+    inputs, targets, mask = decoder_io(batch)
+
+    def estimate():
+        return importance_weighted_log_likelihood(tiny_model, batch, 12, chunk=5,
+                                                  generator=torch.Generator().manual_seed(0))
+
+    with torch.no_grad():
+        state = tiny_model.decoder.initial_state(torch.zeros(len(batch), 4), len(batch))
+        hidden, _ = tiny_model.decoder(inputs, state)
+        eager = fused_scoring.chunk_log_likelihood(hidden[mask], tiny_model.decoder.output.weight,
+                                                   tiny_model.decoder.output.bias, targets[mask])
+        assert torch.allclose(eager, -F.cross_entropy(tiny_model.decoder.output(hidden[mask]), targets[mask],
+                                                      reduction="none"), atol=1e-5)
+        plain = estimate()
+        with fused_scoring.fused_scoring():
+            assert fused_scoring.kernel_for(tiny_model.decoder.output, hidden) is not None
+            fused = estimate()
+        assert fused_scoring.kernel_for(tiny_model.decoder.output, hidden) is None  # only inside
+    if fused_scoring._broken:
+        pytest.skip(f"torch.compile is unavailable here: {caplog.text.strip()}")
+    assert torch.allclose(fused, plain, atol=1e-4)
+    bf16 = autocast_context(CPU, "bf16")
+    with bf16():
+        low = estimate()
+        with fused_scoring.fused_scoring():
+            fused_low = estimate()
+    assert (fused_low - low).abs().max() < 0.05
+
+
+def test_scoring_falls_back_to_eager_when_compiling_fails(tiny_model, monkeypatch, caplog):
+    from textvae.nn import fused_scoring
+
+    def broken(*args):
+        raise RuntimeError("no C++ compiler found\nmore detail")
+
+    monkeypatch.setattr(fused_scoring, "_kernel", broken)
+    monkeypatch.setattr(fused_scoring, "_broken", False)
+    batch = tiny_model.batch(HELD_OUT)
+    plain = importance_weighted_log_likelihood(tiny_model, batch, 6, generator=torch.Generator().manual_seed(0))
+    with fused_scoring.fused_scoring(), caplog.at_level("INFO", logger="textvae"):
+        fallback = importance_weighted_log_likelihood(tiny_model, batch, 6, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(fallback, plain)
+    assert fused_scoring._broken and "no C++ compiler found; scoring in eager mode" not in caplog.text
+    assert "compiled scoring kernel is unavailable (no C++ compiler found)" in caplog.text

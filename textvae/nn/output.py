@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import fused_scoring
 
 # Logits per chunk: 2M fp32 values (8 MB) stay in the CPU's caches through the
 # projection, the fp32 cast and the log-softmax, where larger chunks spill out
@@ -24,14 +25,27 @@ def token_log_likelihood(hidden: Tensor, output: nn.Module, targets: Tensor, mas
     Padding is removed before the projection, so the (tokens x vocabulary)
     logits exist only for real tokens, and only ``chunk_tokens`` rows at a time
     in the forward pass (default: CHUNK_LOGITS values); log-softmax runs in
-    fp32 even under bf16 autocast.
+    fp32 even under bf16 autocast. Inside ``fused_scoring()`` and without
+    autograd, each chunk is one compiled kernel (fused_scoring.py).
     """
     batch = hidden.shape[0]
     rows = torch.arange(batch, device=hidden.device).unsqueeze(1).expand_as(mask)[mask]  # (N,)
     states, gold = hidden[mask], targets[mask]  # (N, H), (N,)
     chunk_tokens = chunk_tokens or max(16, CHUNK_LOGITS // output.weight.shape[0])
     pieces = []
-    for start in range(0, states.shape[0], chunk_tokens):
+    kernel = fused_scoring.kernel_for(output, states)
+    if kernel is not None:  # evaluation inside fused_scoring(): one compiled kernel per chunk
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else output.weight.dtype
+        weight = output.weight.to(dtype)
+        bias = output.bias.to(dtype) if output.bias is not None else None
+        for start in range(0, states.shape[0], chunk_tokens):
+            piece = fused_scoring.run(kernel, states[start: start + chunk_tokens].to(dtype), weight, bias,
+                                      gold[start: start + chunk_tokens], chunk_tokens)
+            if piece is None:  # could not compile: the eager loop below does it all
+                pieces = []
+                break
+            pieces.append(piece)
+    for start in range(0, states.shape[0] if not pieces else 0, chunk_tokens):
         logits = output(states[start: start + chunk_tokens]).float()  # (n, V)
         pieces.append(-F.cross_entropy(logits, gold[start: start + chunk_tokens], reduction="none"))
     log_probs = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
