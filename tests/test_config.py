@@ -37,6 +37,12 @@ def test_invalid_values_raise_and_name_the_field(section, key, value):
         Config.from_dict({section: {key: value}})
 
 
+def test_weight_drop_needs_an_lstm():
+    with pytest.raises(TextVAEError, match="model.weight_drop applies to LSTM"):
+        Config.from_dict({"model": {"encoder": "transformer", "decoder": "transformer", "weight_drop": 0.3}})
+    assert Config.from_dict({"model": {"encoder": "transformer", "weight_drop": 0.3}}).model.weight_drop == 0.3
+
+
 def test_an_image_model_refuses_the_bag_of_words_loss():
     from textvae.image.config import ImageConfig
 

@@ -3,9 +3,11 @@ converges to the exact marginal (quadrature) and pools its weights across
 chunks, forward()'s ELBO averages to the exact one, perplexity counts words
 and eos but not bos or padding (word perplexity too, for a subword model),
 the language-model baseline's NLL is the sum of its token losses by hand,
-and bf16 matches fp32."""
+bf16 matches fp32, and the compiled scoring kernel of large estimates
+gives the eager values (and steps aside when it cannot compile)."""
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -210,40 +212,76 @@ def test_bf16_importance_weighted_nll_matches_fp32(word_tokenizer, model_options
 
 
 # ------------------------------------------- the compiled scoring kernel
-def test_compiled_scoring_gives_the_eager_estimate(tiny_model, caplog):
-    """Inside fused_scoring() (the IW driver's, for large K) the per-token
-    log-likelihoods come from one compiled kernel per chunk, padded to one
-    shape; the estimate is the eager one, in fp32 and under bf16 autocast."""
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """A fresh kernel state (nothing compiled or broken before) and a record
+    of each chunk the compiled kernel scores: (rows, dtype of the states)."""
     from textvae.nn import fused_scoring
 
+    monkeypatch.setattr(fused_scoring, "_kernel", None)
+    monkeypatch.setattr(fused_scoring, "_broken", False)
+    calls, run = [], fused_scoring.run
+
+    def spy(kernel, states, weight, bias, gold, rows):
+        calls.append((len(states), states.dtype))
+        return run(kernel, states, weight, bias, gold, rows)
+
+    monkeypatch.setattr(fused_scoring, "run", spy)
+    return calls
+
+
+def test_compiled_scoring_gives_the_eager_values(tiny_model, word_tokenizer, kernel_calls):
+    """Inside fused_scoring() each chunk of token_log_likelihood is one
+    compiled kernel (padded to one shape; the last chunk ragged), with or
+    without a bias, in fp32 and under bf16 autocast (inputs lowered); the
+    values are the eager ones; outside it, nothing is compiled."""
+    from textvae.nn import fused_scoring
+    from textvae.nn.output import token_log_likelihood
+
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler: torch.compile's CPU kernels cannot be built here")
     batch = tiny_model.batch(HELD_OUT)
     inputs, targets, mask = decoder_io(batch)
-
-    def estimate():
-        return importance_weighted_log_likelihood(tiny_model, batch, 12, chunk=5,
-                                                  generator=torch.Generator().manual_seed(0))
-
+    output = tiny_model.decoder.output
+    no_bias = torch.nn.Linear(output.in_features, output.out_features, bias=False)
     with torch.no_grad():
-        state = tiny_model.decoder.initial_state(torch.zeros(len(batch), 4), len(batch))
-        hidden, _ = tiny_model.decoder(inputs, state)
-        eager = fused_scoring.chunk_log_likelihood(hidden[mask], tiny_model.decoder.output.weight,
-                                                   tiny_model.decoder.output.bias, targets[mask])
-        assert torch.allclose(eager, -F.cross_entropy(tiny_model.decoder.output(hidden[mask]), targets[mask],
-                                                      reduction="none"), atol=1e-5)
-        plain = estimate()
-        with fused_scoring.fused_scoring():
-            assert fused_scoring.kernel_for(tiny_model.decoder.output, hidden) is not None
-            fused = estimate()
-        assert fused_scoring.kernel_for(tiny_model.decoder.output, hidden) is None  # only inside
-    if fused_scoring._broken:
-        pytest.skip(f"torch.compile is unavailable here: {caplog.text.strip()}")
+        no_bias.weight.copy_(output.weight)
+        hidden, _ = tiny_model.decoder(inputs, tiny_model.decoder.initial_state(torch.zeros(len(batch), 4), len(batch)))
+        rows = int(mask.sum())
+        for layer in (output, no_bias):
+            eager = token_log_likelihood(hidden, layer, targets, mask, chunk_tokens=7)
+            assert not kernel_calls
+            with fused_scoring.fused_scoring():
+                fused = token_log_likelihood(hidden, layer, targets, mask, chunk_tokens=7)
+            assert [n for n, _ in kernel_calls] == [7] * (rows // 7) + ([rows % 7] if rows % 7 else [])
+            assert not fused_scoring.unavailable()
+            assert torch.allclose(fused, eager, atol=1e-4)
+            kernel_calls.clear()
+        if native_bf16(CPU):
+            with autocast_context(CPU, "bf16")():
+                low = token_log_likelihood(hidden, output, targets, mask, chunk_tokens=7)
+                with fused_scoring.fused_scoring():
+                    fused_low = token_log_likelihood(hidden, output, targets, mask, chunk_tokens=7)
+            assert {dtype for _, dtype in kernel_calls} == {torch.bfloat16}
+            assert (fused_low - low).abs().max() < 0.05
+
+
+def test_the_estimate_uses_the_kernel_from_enough_samples(tiny_model, kernel_calls, monkeypatch):
+    """importance_weighted_nll enters fused_scoring() from FUSED_MIN_SAMPLES
+    samples, for a model with a latent: the estimate is the eager one."""
+    from textvae.evaluation import likelihood
+
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler: torch.compile's CPU kernels cannot be built here")
+    batches = [tiny_model.batch(HELD_OUT[:4]), tiny_model.batch(HELD_OUT[4:])]
+    samples = likelihood.FUSED_MIN_SAMPLES
+    with monkeypatch.context() as patch:
+        patch.setattr(likelihood, "FUSED_MIN_SAMPLES", samples + 1)
+        plain = likelihood.importance_weighted_nll(tiny_model, batches, samples, CPU)
+    assert not kernel_calls
+    fused = likelihood.importance_weighted_nll(tiny_model, batches, samples, CPU)
+    assert kernel_calls
     assert torch.allclose(fused, plain, atol=1e-4)
-    bf16 = autocast_context(CPU, "bf16")
-    with bf16():
-        low = estimate()
-        with fused_scoring.fused_scoring():
-            fused_low = estimate()
-    assert (fused_low - low).abs().max() < 0.05
 
 
 def test_scoring_falls_back_to_eager_when_compiling_fails(tiny_model, monkeypatch, caplog):
@@ -259,5 +297,5 @@ def test_scoring_falls_back_to_eager_when_compiling_fails(tiny_model, monkeypatc
     with fused_scoring.fused_scoring(), caplog.at_level("INFO", logger="textvae"):
         fallback = importance_weighted_log_likelihood(tiny_model, batch, 6, generator=torch.Generator().manual_seed(0))
     assert torch.equal(fallback, plain)
-    assert fused_scoring._broken and "no C++ compiler found; scoring in eager mode" not in caplog.text
-    assert "compiled scoring kernel is unavailable (no C++ compiler found)" in caplog.text
+    assert fused_scoring.unavailable() and "more detail" not in caplog.text
+    assert "compiled scoring kernel is unavailable (no C++ compiler found); scoring in eager mode" in caplog.text

@@ -110,6 +110,8 @@ class ModelConfig:
         _check(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
         _check(0.0 <= self.word_dropout <= 1.0, "model.word_dropout must be in [0, 1]")
         _check(0.0 <= self.weight_drop < 1.0, "model.weight_drop must be in [0, 1)")
+        _check(self.weight_drop == 0 or "lstm" in (self.encoder, self.decoder),
+               "model.weight_drop applies to LSTM encoders and decoders, and this model has neither")
         _check(self.logvar_min < self.logvar_max, "model.logvar_min must be < model.logvar_max")
         _check(self.bn_vae_gamma >= 0.0, "model.bn_vae_gamma must be >= 0")
         _check(self.delta >= 0.0, "model.delta must be >= 0")

@@ -46,8 +46,8 @@ def importance_weighted_log_likelihood(model, batch, num_samples: int, chunk: in
 
 MAX_DECODES = 2000  # examples x samples decoded in one pass when no chunk is given (bounds memory)
 # From this many samples the compiled scoring kernel (nn/fused_scoring.py)
-# pays for its compile (seconds, once a process): it takes the log-softmax
-# from 0.6 of the output product's time to 0.1.
+# pays for its compile (seconds, once a process); a model without a latent
+# decodes each sentence once and never repays it.
 FUSED_MIN_SAMPLES = 100
 
 
@@ -78,7 +78,7 @@ def importance_weighted_nll(model, batches: Iterable, num_samples: int, device: 
                 continue  # done before a stop
             tick()
             batch = batch.to(device)
-            with autocast(), fused_scoring(num_samples >= FUSED_MIN_SAMPLES):
+            with autocast(), fused_scoring(model.has_latent and num_samples >= FUSED_MIN_SAMPLES):
                 if not model.has_latent:
                     log_px = -model(batch).rec
                 else:

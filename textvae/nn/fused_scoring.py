@@ -5,19 +5,26 @@ the output projection is its one unavoidable matrix product, and in eager
 PyTorch the log-softmax after it costs about 0.6 of the product again (a cast
 to fp32, three passes over the logits, a full-size output that is read once
 for the gold token). ``torch.compile`` fuses the cast, the log-sum-exp and
-the gather into the product's epilogue, so only the (rows,) result leaves
-the cache: about 0.1 of the product on a 2-core CPU (README, Speed).
+the gather into one pass after the product, so only the (rows,) result
+leaves the cache (figures in the README's Speed section). In bf16 the fused
+logits skip the rounding to bf16 that eager autocast applies, so the values
+agree with eager bf16 within bf16 rounding, not bit for bit.
 
 Used only where it pays: inside ``fused_scoring()`` (the IW driver enters it
 for large estimates), without autograd, on the CPU, for a plain ``nn.Linear``
-output. Compiling takes seconds once per process and chunk shape; where it
-cannot (no C++ compiler, an unsupported platform) the first failure is
-logged once and the eager path serves from then on.
+output. Compiling takes seconds once per process and chunk shape (Inductor
+writes a C++ kernel, so a C++ compiler is needed, and caches it under the
+system's temporary folder); the kernel takes its thread count from torch at
+each call, so it follows textvae.threads. Where compiling fails (no
+compiler, an unsupported platform) the failure is logged once and the eager
+path serves from then on; an error of the computation itself comes back
+from the eager path.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 from typing import Callable, Iterator, Optional
 
@@ -27,7 +34,7 @@ from torch import Tensor, nn
 
 log = logging.getLogger("textvae")
 
-_active = 0  # nesting depth of fused_scoring()
+_active: contextvars.ContextVar[bool] = contextvars.ContextVar("fused_scoring", default=False)
 _kernel: Optional[Callable] = None
 _broken = False  # compiling failed once: eager from then on
 
@@ -42,23 +49,23 @@ def chunk_log_likelihood(states: Tensor, weight: Tensor, bias: Optional[Tensor],
 
 @contextlib.contextmanager
 def fused_scoring(enabled: bool = True) -> Iterator[None]:
-    """Within it, ``token_log_likelihood`` without autograd uses the compiled kernel."""
-    global _active
-    _active += enabled
+    """Within it (in this thread or task), ``token_log_likelihood`` without
+    autograd uses the compiled kernel; ``enabled=False`` turns it off inside."""
+    token = _active.set(enabled)
     try:
         yield
     finally:
-        _active -= enabled
+        _active.reset(token)
 
 
 def kernel_for(output: nn.Module, states: Tensor) -> Optional[Callable]:
     """The compiled ``chunk_log_likelihood`` where it applies here, else None."""
     global _kernel
-    if (not _active or _broken or torch.is_grad_enabled() or states.device.type != "cpu"
+    if (not _active.get() or _broken or torch.is_grad_enabled() or states.device.type != "cpu"
             or type(output) is not nn.Linear):
         return None
     if _kernel is None:
-        _kernel = torch.compile(chunk_log_likelihood, dynamic=False)
+        _kernel = torch.compile(chunk_log_likelihood, dynamic=False, options={"cpp.dynamic_threads": True})
     return _kernel
 
 
@@ -78,4 +85,10 @@ def run(kernel: Callable, states: Tensor, weight: Tensor, bias: Optional[Tensor]
         _broken = True
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         log.info(f"the compiled scoring kernel is unavailable ({first[:200]}); scoring in eager mode")
+        log.debug("the compiled scoring kernel's failure", exc_info=True)
         return None
+
+
+def unavailable() -> bool:
+    """True once compiling has failed in this process (the eager path serves)."""
+    return _broken

@@ -25,7 +25,10 @@ class LSTM(nn.LSTM):
         super().__init__(*args, **kwargs)
         self.weight_drop, self._dropping = weight_drop, False
 
-    def forward(self, input, hx=None):
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (f", weight_drop={self.weight_drop}" if self.weight_drop else "")
+
+    def forward(self, input, hx=None):  # as nn.LSTM's: (B, T, E) or packed, optional (h0, c0)
         if not (self.training and self.weight_drop > 0) or self._dropping:
             return super().forward(input, hx)
         dropped = {name: nn.functional.dropout(getattr(self, name), self.weight_drop)

@@ -45,6 +45,8 @@ def token_log_likelihood(hidden: Tensor, output: nn.Module, targets: Tensor, mas
                 pieces = []
                 break
             pieces.append(piece)
+    # Eager: cross_entropy's fused log-softmax is faster here than the
+    # kernel's uncompiled code (chunk_log_likelihood), with the same values.
     for start in range(0, states.shape[0] if not pieces else 0, chunk_tokens):
         logits = output(states[start: start + chunk_tokens]).float()  # (n, V)
         pieces.append(-F.cross_entropy(logits, gold[start: start + chunk_tokens], reduction="none"))
@@ -60,10 +62,15 @@ BF16_UNIT = 2.0 ** -8  # unit roundoff of bf16 (8 significant bits, round to nea
 FP32_UNIT = 2.0 ** -24
 
 
-def _weights_key(output: nn.Linear) -> tuple:
+def _weights_key(output: nn.Linear) -> Optional[tuple]:
     """Changes whenever the layer's weights do: in-place updates (optimiser
-    steps, load_state_dict) bump a tensor's version, a new tensor has a new address."""
-    return tuple((p.data_ptr(), p._version) if p is not None else None for p in (output.weight, output.bias))
+    steps, load_state_dict) bump a tensor's version, a new tensor has a new
+    address. None (nothing kept) for inference tensors, which have no
+    version; writes through ``.data`` bypass the version and are not seen."""
+    params = [p for p in (output.weight, output.bias) if p is not None]
+    if any(p.is_inference() for p in params):
+        return None
+    return tuple((p.data_ptr(), p._version) for p in params)
 
 
 # Output layer -> (its weights' key, ScreenedArgmax._prepare of them): the bf16
@@ -102,8 +109,10 @@ class ScreenedArgmax:
         self.output = output
         key = _weights_key(output)
         prepared = _PREPARED.get(output)
-        if prepared is None or prepared[0] != key:  # new or changed weights (training, loading)
-            prepared = _PREPARED[output] = (key, self._prepare(output))
+        if key is None or prepared is None or prepared[0] != key:  # new or changed weights (training, loading)
+            prepared = (key, self._prepare(output))
+            if key is not None:
+                _PREPARED[output] = prepared
         self.weight, self.bias, self.width, self.weight_bf16, self.slope, self.offset = prepared[1]
         self.hidden: Optional[Tensor] = None
         self.bound: Optional[Tensor] = None
