@@ -24,14 +24,12 @@ class LSTM(nn.LSTM):
     def __init__(self, *args, weight_drop: float = 0.0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.weight_drop, self._dropping = weight_drop, False
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + (f", weight_drop={self.weight_drop}" if self.weight_drop else "")
+        self.weight_dropout = Dropout(weight_drop)  # the faster CPU mask; no parameters, no state
 
     def forward(self, input, hx=None):  # as nn.LSTM's: (B, T, E) or packed, optional (h0, c0)
         if not (self.training and self.weight_drop > 0) or self._dropping:
             return super().forward(input, hx)
-        dropped = {name: nn.functional.dropout(getattr(self, name), self.weight_drop)
+        dropped = {name: self.weight_dropout(getattr(self, name))
                    for name in self._flat_weights_names if name.startswith("weight_hh")}
         self._dropping = True  # functional_call runs forward again, on the dropped weights
         try:
