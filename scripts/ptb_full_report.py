@@ -40,7 +40,8 @@ ROWS = {  # name: (what, the README's short label, extra training flags)
                        "--config configs/ptb/lm.yaml --set model.dropout=0.3"),
     "vae": ("VAE, no remedy", "vae (no remedy)", "--config configs/ptb/vae.yaml"),
     # The annealing rows reach weight 1 after 4 epochs (5,260 steps of 32), not
-    # the configs' 10: an hour at one thread is about 8.5 epochs here.
+    # the configs' 10: an hour at one thread was about 8.5 epochs on the AVX2
+    # CPU these rows were first trained on (about 25 with native bf16).
     "anneal": ("KL annealing, linear 0.1 -> 1 over 4 epochs", "anneal (4 epochs)",
                "--config configs/ptb/anneal.yaml --set objective.kl_warmup_steps=5260"),
     "anneal-wdrop": ("annealing over 4 epochs + word dropout 0.5", "anneal-wdrop",
