@@ -211,6 +211,31 @@ def test_bf16_importance_weighted_nll_matches_fp32(word_tokenizer, model_options
     assert abs(float((low - fp32).mean())) < 0.05
 
 
+# ------------------------------- the LSTM decoder under many samples
+@pytest.mark.parametrize("mode", ["both", "init", "input"])
+def test_lstm_states_under_samples_are_the_repeated_batch_states(word_tokenizer, mode):
+    """states_under_samples shares the words' input gates between samples:
+    the hidden states, and log p(x|z), are those of the repeated batch."""
+    torch.manual_seed(0)
+    model = TextVAE(tiny_config(model={"latent_to_decoder": mode}), word_tokenizer).eval()
+    batch = model.batch(HELD_OUT)
+    inputs, targets, mask = decoder_io(batch)
+    z = torch.randn(3, len(batch), 4)
+    with torch.no_grad():
+        fast = model.decoder.states_under_samples(inputs, z)
+        slow, _ = model.decoder(inputs.repeat(3, 1), model.decoder.initial_state(z.reshape(3 * len(batch), 4),
+                                                                                 3 * len(batch)))
+        assert fast.shape == slow.shape
+        assert torch.allclose(fast, slow, atol=1e-5)
+        repeated = model.sequence_log_likelihood(inputs.repeat(3, 1), targets.repeat(3, 1), mask.repeat(3, 1),
+                                                 z.reshape(3 * len(batch), 4)).view(3, -1)
+        assert torch.allclose(model.log_likelihood(batch, z), repeated, atol=1e-4)
+    assert model.decoder.states_under_samples(inputs, z) is None  # autograd on: the caller decodes the batch
+    two_layers = TextVAE(tiny_config(model={"decoder_layers": 2}), word_tokenizer).eval()
+    with torch.no_grad():
+        assert two_layers.decoder.states_under_samples(inputs, z) is None
+
+
 # ------------------------------------------- the compiled scoring kernel
 @pytest.fixture
 def kernel_calls(monkeypatch):

@@ -103,8 +103,13 @@ class TextVAE(BaseVAE):
         samples, size = z.shape[0], z.shape[1]
         inputs, targets, mask = decoder_io(batch)
         repeat = (samples, 1)
-        flat = self.sequence_log_likelihood(inputs.repeat(repeat), targets.repeat(repeat), mask.repeat(repeat),
-                                            z.reshape(samples * size, -1))
+        under_samples = getattr(self.decoder, "states_under_samples", None)  # the LSTM's: shared input gates
+        hidden = under_samples(inputs, z) if under_samples is not None else None  # (S * B, T, H)
+        if hidden is not None:
+            flat = token_log_likelihood(hidden, self.decoder.output, targets.repeat(repeat), mask.repeat(repeat))
+        else:
+            flat = self.sequence_log_likelihood(inputs.repeat(repeat), targets.repeat(repeat), mask.repeat(repeat),
+                                                z.reshape(samples * size, -1))
         return flat.view(samples, size)
 
     # ------------------------------------------------------------ batching

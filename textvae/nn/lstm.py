@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence
@@ -129,6 +130,41 @@ class LSTMDecoder(nn.Module):
         hidden, (h, c) = self.lstm(embedded, (state["h"].to(embedded.dtype), state["c"].to(embedded.dtype)))
         new_state = dict(state, h=h, c=c)
         return self.dropout(hidden), new_state  # (B, T, H)
+
+    def states_under_samples(self, inputs: Tensor, z: Tensor) -> Optional[Tensor]:
+        """The hidden states (S * B, T, H) of the sentences ``inputs`` (B, T)
+        under each of S latent samples ``z`` (S, B, D), row s * B + b for
+        sentence b and sample s, as ``forward`` gives them in evaluation: for
+        importance-weighted scoring, where every sentence is decoded under
+        hundreds of samples. The input gates' share of the words, W_e e(x_t) +
+        b, is the same under every sample, so it is computed once a sentence,
+        and z's share, W_z z, once a sample; only the recurrence runs S * B
+        rows. None where this does not apply (training, autograd, several
+        layers, no latent): the caller decodes the repeated batch instead."""
+        if self.training or torch.is_grad_enabled() or self.layers != 1 or z is None:
+            return None
+        samples, batch, _ = z.shape
+        rows, steps, width = samples * batch, inputs.shape[1], self.hidden_dim
+        device = inputs.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else torch.float32
+        lstm, words = self.lstm, self.embedding.embedding_dim
+        weight_ih = lstm.weight_ih_l0.to(dtype)  # (4H, E [+ D])
+        with torch.autocast(device, enabled=False):
+            word_gates = F.linear(self.embedding(inputs).to(dtype), weight_ih[:, :words],
+                                  (lstm.bias_ih_l0 + lstm.bias_hh_l0).to(dtype)).float()  # (B, T, 4H)
+            latent_gates = (F.linear(z.to(dtype), weight_ih[:, words:]).float() if self.latent_in_input
+                            else word_gates.new_zeros(1, 1, 4 * width))  # (S, B, 4H)
+        state = self.initial_state(z.reshape(rows, -1), rows)
+        h, c = state["h"][0].to(dtype), state["c"][0].float()  # (S * B, H)
+        weight_hh = lstm.weight_hh_l0.to(dtype).t()  # (H, 4H)
+        hidden = torch.empty(rows, steps, width, dtype=dtype, device=inputs.device)
+        for t in range(steps):  # the LSTM cell (Hochreiter & Schmidhuber 1997), gate order i, f, g, o as nn.LSTM's
+            gates = (h @ weight_hh).float().view(samples, batch, -1) + latent_gates + word_gates[:, t]  # (S, B, 4H)
+            i, f, g, o = gates.view(rows, -1).chunk(4, dim=-1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = (torch.sigmoid(o) * torch.tanh(c)).to(dtype)
+            hidden[:, t] = h
+        return hidden
 
     @staticmethod
     def select_state(state: dict[str, Tensor], index: Tensor) -> dict[str, Tensor]:
