@@ -124,7 +124,7 @@ def broadcast_from_main(tensors: Iterable[torch.Tensor]) -> None:
         return
     with torch.no_grad():
         for tensor in tensors:
-            dist.broadcast(tensor.data, src=0)
+            dist.broadcast(tensor.detach(), src=0)  # detach shares the version counter (caches see the write)
 
 
 def shutdown() -> None:
