@@ -230,7 +230,22 @@ def test_lstm_states_under_samples_are_the_repeated_batch_states(word_tokenizer,
         repeated = model.sequence_log_likelihood(inputs.repeat(3, 1), targets.repeat(3, 1), mask.repeat(3, 1),
                                                  z.reshape(3 * len(batch), 4)).view(3, -1)
         assert torch.allclose(model.log_likelihood(batch, z), repeated, atol=1e-4)
+        calls = []
+        fast_path = model.decoder.states_under_samples
+        model.decoder.states_under_samples = lambda *args: calls.append(1) or fast_path(*args)
+        model.log_likelihood(batch, z)
+        assert calls  # log_likelihood takes it
+        del model.decoder.states_under_samples
+        if native_bf16(CPU):  # bf16 autocast: within bf16 rounding of the fused LSTM's states
+            with autocast_context(CPU, "bf16")():
+                fast = model.decoder.states_under_samples(inputs, z).float()
+                slow, _ = model.decoder(inputs.repeat(3, 1), model.decoder.initial_state(
+                    z.reshape(3 * len(batch), 4), 3 * len(batch)))
+            assert (fast - slow.float()).abs().max() < 2e-2
     assert model.decoder.states_under_samples(inputs, z) is None  # autograd on: the caller decodes the batch
+    model.train()
+    with torch.no_grad():
+        assert model.decoder.states_under_samples(inputs, z) is None  # training: dropout and weight drop apply
     two_layers = TextVAE(tiny_config(model={"decoder_layers": 2}), word_tokenizer).eval()
     with torch.no_grad():
         assert two_layers.decoder.states_under_samples(inputs, z) is None

@@ -141,18 +141,20 @@ class LSTMDecoder(nn.Module):
         and z's share, W_z z, once a sample; only the recurrence runs S * B
         rows. None where this does not apply (training, autograd, several
         layers, no latent): the caller decodes the repeated batch instead."""
-        if self.training or torch.is_grad_enabled() or self.layers != 1 or z is None:
-            return None
+        if self.training or torch.is_grad_enabled() or self.layers != 1 or z is None or inputs.device.type != "cpu":
+            return None  # (on a GPU the fused cuDNN LSTM over the repeated batch stays)
         samples, batch, _ = z.shape
         rows, steps, width = samples * batch, inputs.shape[1], self.hidden_dim
         device = inputs.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else torch.float32
         lstm, words = self.lstm, self.embedding.embedding_dim
-        weight_ih = lstm.weight_ih_l0.to(dtype)  # (4H, E [+ D])
+        # The input gates in fp32 from inputs and weights rounded to ``dtype``,
+        # as the fused LSTM sums them (once a sentence or a sample: cheap).
+        weight_ih = lstm.weight_ih_l0.to(dtype).float()  # (4H, E [+ D])
         with torch.autocast(device, enabled=False):
-            word_gates = F.linear(self.embedding(inputs).to(dtype), weight_ih[:, :words],
-                                  (lstm.bias_ih_l0 + lstm.bias_hh_l0).to(dtype)).float()  # (B, T, 4H)
-            latent_gates = (F.linear(z.to(dtype), weight_ih[:, words:]).float() if self.latent_in_input
+            word_gates = F.linear(self.embedding(inputs).to(dtype).float(), weight_ih[:, :words],
+                                  lstm.bias_ih_l0.to(dtype).float() + lstm.bias_hh_l0.to(dtype).float())  # (B, T, 4H)
+            latent_gates = (F.linear(z.to(dtype).float(), weight_ih[:, words:]) if self.latent_in_input
                             else word_gates.new_zeros(1, 1, 4 * width))  # (S, B, 4H)
         state = self.initial_state(z.reshape(rows, -1), rows)
         h, c = state["h"][0].to(dtype), state["c"][0].float()  # (S * B, H)
