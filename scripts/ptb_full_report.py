@@ -76,10 +76,10 @@ ROWS = {  # name: (what, the README's short label, extra training flags)
                         "--config configs/ptb/ae-fb.yaml --set train.ae_pretrain_epochs=2 --set model.dropout=0.3"),
     # Weight drop (Merity et al. 2018) against the dropout-0.3 LM's overfitting.
     "lm-wd0.3-bf16": ("lm-d0.3-bf16 with weight drop 0.3 on the LSTM's recurrent weights",
-                      "lm, dropout 0.3, weight drop 0.3",
+                      "lm, dropout 0.3, weight drop 0.3, bf16 CPU",
                       "--config configs/ptb/lm.yaml --set model.dropout=0.3 --set model.weight_drop=0.3"),
     # Epochs, not regularisation, seem to hold the LM back: batch 64 buys more of them.
-    "lm-d0.4-b64-bf16": ("lm with dropout 0.4 and batch 64", "lm, dropout 0.4, batch 64",
+    "lm-d0.4-b64-bf16": ("lm with dropout 0.4 and batch 64", "lm, dropout 0.4, batch 64, bf16 CPU",
                          "--config configs/ptb/lm.yaml --set model.dropout=0.4 --set train.batch_size=64"),
 }
 TRAIN_FLAGS = "--time-budget 60 --set train.num_threads=1"
