@@ -89,6 +89,27 @@ def run(kernel: Callable, states: Tensor, weight: Tensor, bias: Optional[Tensor]
         return None
 
 
+def score(output: nn.Module, states: Tensor, gold: Tensor, rows: int) -> Optional[list[Tensor]]:
+    """log p(gold | states) for states (N, H), gold (N,), ``rows`` at a time,
+    each chunk one compiled kernel: a list of (n,) pieces; None where the
+    kernel does not apply here or could not compile (the caller scores in
+    eager mode, where cross_entropy's fused log-softmax is faster than
+    chunk_log_likelihood's uncompiled code, with the same values)."""
+    kernel = kernel_for(output, states)
+    if kernel is None:
+        return None
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else output.weight.dtype
+    weight = output.weight.to(dtype)
+    bias = output.bias.to(dtype) if output.bias is not None else None
+    pieces = []
+    for start in range(0, states.shape[0], rows):
+        piece = run(kernel, states[start: start + rows].to(dtype), weight, bias, gold[start: start + rows], rows)
+        if piece is None:
+            return None
+        pieces.append(piece)
+    return pieces
+
+
 def unavailable() -> bool:
     """True once compiling has failed in this process (the eager path serves)."""
     return _broken

@@ -32,24 +32,12 @@ def token_log_likelihood(hidden: Tensor, output: nn.Module, targets: Tensor, mas
     rows = torch.arange(batch, device=hidden.device).unsqueeze(1).expand_as(mask)[mask]  # (N,)
     states, gold = hidden[mask], targets[mask]  # (N, H), (N,)
     chunk_tokens = chunk_tokens or max(16, CHUNK_LOGITS // output.weight.shape[0])
-    pieces = []
-    kernel = fused_scoring.kernel_for(output, states)
-    if kernel is not None:  # evaluation inside fused_scoring(): one compiled kernel per chunk
-        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else output.weight.dtype
-        weight = output.weight.to(dtype)
-        bias = output.bias.to(dtype) if output.bias is not None else None
+    pieces = fused_scoring.score(output, states, gold, chunk_tokens)  # None: not inside fused_scoring()
+    if pieces is None:
+        pieces = []
         for start in range(0, states.shape[0], chunk_tokens):
-            piece = fused_scoring.run(kernel, states[start: start + chunk_tokens].to(dtype), weight, bias,
-                                      gold[start: start + chunk_tokens], chunk_tokens)
-            if piece is None:  # could not compile: the eager loop below does it all
-                pieces = []
-                break
-            pieces.append(piece)
-    # Eager: cross_entropy's fused log-softmax is faster here than the
-    # kernel's uncompiled code (chunk_log_likelihood), with the same values.
-    for start in range(0, states.shape[0] if not pieces else 0, chunk_tokens):
-        logits = output(states[start: start + chunk_tokens]).float()  # (n, V)
-        pieces.append(-F.cross_entropy(logits, gold[start: start + chunk_tokens], reduction="none"))
+            logits = output(states[start: start + chunk_tokens]).float()  # (n, V)
+            pieces.append(-F.cross_entropy(logits, gold[start: start + chunk_tokens], reduction="none"))
     log_probs = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
     return torch.zeros(batch, device=hidden.device, dtype=torch.float32).index_add(0, rows, log_probs)
 

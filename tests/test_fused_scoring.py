@@ -1,0 +1,107 @@
+"""The compiled scoring kernel of large IW estimates (nn/fused_scoring.py):
+each chunk of token_log_likelihood is one compiled kernel inside
+fused_scoring(), with the eager values; the IW driver uses it from
+FUSED_MIN_SAMPLES samples; it steps aside when it cannot compile."""
+
+import shutil
+
+import pytest
+import torch
+
+from textvae.evaluation.likelihood import importance_weighted_log_likelihood
+from textvae.model import decoder_io
+from textvae.runtime import autocast_context, native_bf16
+
+from conftest import TEST, VALID
+
+CPU = torch.device("cpu")
+HELD_OUT = VALID + TEST[:3]  # 8 sentences the models never trained on
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """A fresh kernel state (nothing compiled or broken before) and a record
+    of each chunk the compiled kernel scores: (rows, dtype of the states)."""
+    from textvae.nn import fused_scoring
+
+    monkeypatch.setattr(fused_scoring, "_kernel", None)
+    monkeypatch.setattr(fused_scoring, "_broken", False)
+    calls, run = [], fused_scoring.run
+
+    def spy(kernel, states, weight, bias, gold, rows):
+        calls.append((len(states), states.dtype))
+        return run(kernel, states, weight, bias, gold, rows)
+
+    monkeypatch.setattr(fused_scoring, "run", spy)
+    return calls
+
+
+def test_compiled_scoring_gives_the_eager_values(tiny_model, kernel_calls):
+    """Inside fused_scoring() each chunk of token_log_likelihood is one
+    compiled kernel (padded to one shape; the last chunk ragged), with or
+    without a bias, in fp32 and under bf16 autocast (inputs lowered); the
+    values are the eager ones; outside it, nothing is compiled."""
+    from textvae.nn import fused_scoring
+    from textvae.nn.output import token_log_likelihood
+
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler: torch.compile's CPU kernels cannot be built here")
+    batch = tiny_model.batch(HELD_OUT)
+    inputs, targets, mask = decoder_io(batch)
+    output = tiny_model.decoder.output
+    no_bias = torch.nn.Linear(output.in_features, output.out_features, bias=False)
+    with torch.no_grad():
+        no_bias.weight.copy_(output.weight)
+        hidden, _ = tiny_model.decoder(inputs, tiny_model.decoder.initial_state(torch.zeros(len(batch), 4), len(batch)))
+        rows = int(mask.sum())
+        for layer in (output, no_bias):
+            eager = token_log_likelihood(hidden, layer, targets, mask, chunk_tokens=7)
+            assert not kernel_calls
+            with fused_scoring.fused_scoring():
+                fused = token_log_likelihood(hidden, layer, targets, mask, chunk_tokens=7)
+            assert [n for n, _ in kernel_calls] == [7] * (rows // 7) + ([rows % 7] if rows % 7 else [])
+            assert not fused_scoring.unavailable()
+            assert torch.allclose(fused, eager, atol=1e-4)
+            kernel_calls.clear()
+        if native_bf16(CPU):
+            with autocast_context(CPU, "bf16")():
+                low = token_log_likelihood(hidden, output, targets, mask, chunk_tokens=7)
+                with fused_scoring.fused_scoring():
+                    fused_low = token_log_likelihood(hidden, output, targets, mask, chunk_tokens=7)
+            assert {dtype for _, dtype in kernel_calls} == {torch.bfloat16}
+            assert (fused_low - low).abs().max() < 0.05
+
+
+def test_the_estimate_uses_the_kernel_from_enough_samples(tiny_model, kernel_calls, monkeypatch):
+    """importance_weighted_nll enters fused_scoring() from FUSED_MIN_SAMPLES
+    samples, for a model with a latent: the estimate is the eager one."""
+    from textvae.evaluation import likelihood
+
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler: torch.compile's CPU kernels cannot be built here")
+    batches = [tiny_model.batch(HELD_OUT[:4]), tiny_model.batch(HELD_OUT[4:])]
+    samples = likelihood.FUSED_MIN_SAMPLES
+    with monkeypatch.context() as patch:
+        patch.setattr(likelihood, "FUSED_MIN_SAMPLES", samples + 1)
+        plain = likelihood.importance_weighted_nll(tiny_model, batches, samples, CPU)
+    assert not kernel_calls
+    fused = likelihood.importance_weighted_nll(tiny_model, batches, samples, CPU)
+    assert kernel_calls
+    assert torch.allclose(fused, plain, atol=1e-4)
+
+
+def test_scoring_falls_back_to_eager_when_compiling_fails(tiny_model, monkeypatch, caplog):
+    from textvae.nn import fused_scoring
+
+    def broken(*args):
+        raise RuntimeError("no C++ compiler found\nmore detail")
+
+    monkeypatch.setattr(fused_scoring, "_kernel", broken)
+    monkeypatch.setattr(fused_scoring, "_broken", False)
+    batch = tiny_model.batch(HELD_OUT)
+    plain = importance_weighted_log_likelihood(tiny_model, batch, 6, generator=torch.Generator().manual_seed(0))
+    with fused_scoring.fused_scoring(), caplog.at_level("INFO", logger="textvae"):
+        fallback = importance_weighted_log_likelihood(tiny_model, batch, 6, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(fallback, plain)
+    assert fused_scoring.unavailable() and "more detail" not in caplog.text
+    assert "compiled scoring kernel is unavailable (no C++ compiler found); scoring in eager mode" in caplog.text
