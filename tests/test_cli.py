@@ -57,6 +57,12 @@ def test_sample(cli, trained_run):
     beam = cli("sample", trained_run, "-n", "2", "--strategy", "beam", "--beam-size", "3", "--max-length", "5")
     assert beam.code == 0 and len(beam.out_lines) == 2
     assert all(len(line.split()) <= 5 for line in beam.out_lines)
+    cooled = cli("sample", trained_run, "-n", "3", "--seed", "0", "--prior-temperature", "0.5")
+    assert cooled.code == 0 and len(cooled.out_lines) == 3
+    for bad in ("0", "-1", "nan"):
+        refused = cli("sample", trained_run, "-n", "3", "--prior-temperature", bad)
+        assert refused.code != 0 and refused.out == "" and "prior temperature" in refused.err
+        assert len(refused.err.strip().splitlines()) == 1 and "Traceback" not in refused.err
 
 
 def test_reconstruct_arguments_and_stdin(cli, trained_run):

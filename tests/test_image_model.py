@@ -77,6 +77,10 @@ def test_shapes_through_encoder_and_decoder(size, upsampling):
     assert out.tokens.tolist() == [784] * size
     assert model.log_likelihood(batch, q.sample(5)).shape == (5, size)
     assert model.sample(2).shape == (2, 1, 28, 28) and model.reconstruct(batch.images).shape == (size, 1, 28, 28)
+    # The prior temperature scales z: T = 0.5 halves each draw.
+    cooled = model.sample(3, torch.Generator().manual_seed(4), temperature=0.5)
+    assert torch.allclose(cooled, model.decode(0.5 * torch.randn(3, model.latent_dim,
+                                                                 generator=torch.Generator().manual_seed(4))))
     assert model.interpolate(batch.images, batch.images, steps=4).shape == (size, 4, 1, 28, 28)
 
 
@@ -174,6 +178,10 @@ def test_cli_end_to_end(cli, image_run, mnist_dir, tmp_path):
         result = cli("mnist", command[0], image_run, *command[1:], "--out", png)
         assert result.code == 0, result.err
         assert result.out_lines == [str(png)] and png.stat().st_size > 0
+    cooled = cli("mnist", "sample", image_run, "-n", "4", "--prior-temperature", "0.5", "--out", tmp_path / "c.png")
+    assert cooled.code == 0 and (tmp_path / "c.png").stat().st_size > 0
+    refused = cli("mnist", "sample", image_run, "--prior-temperature", "0", "--out", tmp_path / "r.png")
+    assert refused.code != 0 and "prior temperature" in refused.err and not (tmp_path / "r.png").exists()
 
 
 def test_cli_resume_continues_the_run(cli, mnist_dir, tmp_path):

@@ -26,6 +26,17 @@ def test_seeded_sampling_is_reproducible(tiny_model):
     assert len(decode(tiny_model, "sample", seed=1, n=1)) == 1
 
 
+def test_prior_temperature_decodes_the_cooled_draw(tiny_model):
+    from textvae.operations import decode as decode_z
+
+    eps = torch.randn(5, tiny_model.latent_dim, generator=torch.Generator().manual_seed(3))
+    cooled = decode(tiny_model, seed=3, n=5, prior_temperature=0.3)
+    assert cooled == decode_z(tiny_model, 0.3 * eps)
+    assert decode(tiny_model, seed=3, n=5) == decode_z(tiny_model, eps)  # T = 1 is the plain prior
+    with pytest.raises(TextVAEError, match="prior temperature"):
+        decode(tiny_model, n=2, prior_temperature=0)
+
+
 def test_complete_keeps_the_prefix(tiny_model):
     for strategy in ("sample", "greedy", "beam"):
         outputs = tiny_model.complete("the dog", n=3, strategy=strategy, seed=0, proposals=32)

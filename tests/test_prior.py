@@ -12,7 +12,7 @@ from textvae.evaluation.likelihood import importance_weighted_log_likelihood
 from textvae.latent import standard_normal_log_prob
 from textvae.model import TextVAE
 from textvae.operations import fit_prior
-from textvae.prior import GaussianMixturePrior, fit_gaussian_mixture, mixture_log_prob
+from textvae.prior import GaussianMixturePrior, StandardNormalPrior, fit_gaussian_mixture, mixture_log_prob
 
 from conftest import TRAIN
 
@@ -56,6 +56,24 @@ def test_samples_follow_the_fitted_mixture_and_an_unfitted_one_refuses():
     assert float((z[:, 0] > 1.5).float().mean()) == pytest.approx(0.25, abs=0.02)
     # Samples of the fit score as well as the data under it.
     assert float(prior.log_prob(z).mean()) == pytest.approx(float(prior.log_prob(two_clusters()).mean()), abs=0.1)
+
+
+@pytest.mark.parametrize("kind", ["normal", "gmm"])
+def test_prior_temperature_scales_the_spread_around_the_modes(kind):
+    prior = StandardNormalPrior(2) if kind == "normal" else GaussianMixturePrior(2, 2)
+    if kind == "gmm":
+        prior.fit(two_clusters(), generator=torch.Generator().manual_seed(0))
+    draw = lambda t: prior.sample(5000, torch.Generator().manual_seed(1), temperature=t)  # noqa: E731
+    full, cool = draw(1.0), draw(0.4)
+    assert torch.equal(draw(1.0), prior.sample(5000, torch.Generator().manual_seed(1)))  # 1: unchanged
+    # The same draws, each offset from its mode m scaled by T: cool = m + 0.4 (full - m),
+    # so (cool - 0.4 full) / 0.6 is a mode for every draw.
+    modes = torch.zeros(1, 2) if kind == "normal" else prior.means  # (K, 2)
+    implied = (cool - 0.4 * full) / 0.6  # (N, 2)
+    assert (implied[:, None, :] - modes).abs().amax(-1).amin(1).max() < 1e-4
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(TextVAEError, match="prior temperature"):
+            prior.sample(3, temperature=bad)
 
 
 def test_fitting_a_model_prior_switches_sampling_and_the_nll_to_it(tiny_model, tmp_path):

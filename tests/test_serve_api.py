@@ -88,6 +88,8 @@ def test_sample_and_complete(client, explorer):
     answer = post(client, "/api/sample", {"n": 4, "temperature": 0.8, "top_p": 0.9, "seed": 3})
     assert answer["sentences"] == explorer.model.sample(4, seed=3, temperature=0.8, top_p=0.9)
     assert post(client, "/api/sample", {})["sentences"].__len__() == 8
+    cooled = post(client, "/api/sample", {"n": 4, "seed": 3, "prior_temperature": 0.5})["sentences"]
+    assert cooled == explorer.model.sample(4, seed=3, prior_temperature=0.5)
     completions = post(client, "/api/complete", {"prefix": "the cat", "n": 3, "seed": 0})["sentences"]
     assert len(completions) == 3 and all(s.startswith("the cat") for s in completions)
 
@@ -176,6 +178,7 @@ BAD_REQUESTS = [  # (path, body, status, words in the error)
     ("/api/sample", {"n": 2.5}, 422, "n"),
     ("/api/sample", {"top_p": 1.5}, 422, "top_p"),
     ("/api/sample", {"seed": "x"}, 422, "seed"),
+    ("/api/sample", {"prior_temperature": 0}, 422, "prior_temperature"),
     ("/api/complete", {"prefix": ""}, 422, "empty"),
     ("/api/complete", {"prefix": "the", "n": 100}, 422, "between 1 and 8"),
     ("/api/complete", {"n": 2}, 422, "prefix"),

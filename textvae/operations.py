@@ -16,6 +16,7 @@ from .errors import TextVAEError
 from .generation import GenerationConfig, generate
 from .latent import DiagonalGaussian
 from .lexicon import WordConstraint
+from .prior import check_temperature
 from .threads import tick
 
 log = logging.getLogger("textvae")
@@ -86,14 +87,20 @@ def sample_stream(model, n: int, seed: Optional[int] = None, chunk: int = SAMPLE
 
 @torch.no_grad()
 def sample(model, n: int = 10, strategy: str = "sample", seed: Optional[int] = None,
-           max_length: Optional[int] = None, generator: Optional[torch.Generator] = None, **options) -> list[str]:
+           max_length: Optional[int] = None, generator: Optional[torch.Generator] = None,
+           prior_temperature: float = 1.0, **options) -> list[str]:
     """n sentences: z from the model's prior (N(0, I), or its fitted mixture), then decoded (sampled by default).
-    ``generator`` (instead of ``seed``) continues a random stream."""
+    ``generator`` (instead of ``seed``) continues a random stream; ``prior_temperature``
+    T < 1 draws z nearer the prior's modes (prior.py; the decoding's own
+    ``temperature`` is another thing)."""
     model.eval()
+    check_temperature(prior_temperature)
     generator = generator if generator is not None else _generator(model, seed)
     z = None
     if model.has_latent:
-        z = model.prior.sample(n, generator, model.device)
+        z = model.prior.sample(n, generator, model.device, temperature=prior_temperature)
+    elif prior_temperature != 1:
+        log.info("this model has no latent: the prior temperature changes nothing")
     return model.tokenizer.decode_batch(_decode(model, z, n, _settings(model, strategy, max_length, **options),
                                                 generator))
 

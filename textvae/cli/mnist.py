@@ -34,6 +34,7 @@ from ..image.evaluate import evaluate_images
 from ..image.model import ConvVAE
 from ..image.plots import latent_plane, save_grid, save_pairs, save_scatter
 from ..image.splits import data_path, eval_batches, pick, train_valid
+from ..prior import check_temperature
 from ..run_folder import CONFIG_FILE, check_output_file, eval_file, write_json_atomic
 from ..runtime import describe_device, resolve_device
 from ..training.trainer import Trainer
@@ -71,6 +72,8 @@ def register(commands) -> None:
     p = sub.add_parser("sample", help="a PNG grid of images decoded from z ~ N(0, I)")
     _common(p, data=False)
     p.add_argument("-n", type=int, default=64, help="how many images (default 64)")
+    p.add_argument("--prior-temperature", type=float, default=1.0, metavar="T",
+                   help="draw z from N(0, T^2 I) (< 1: nearer the mode; default 1)")
     p.set_defaults(handler=_sample)
 
     p = sub.add_parser("reconstruct", help="a PNG of test images (above) and their reconstructions (below)")
@@ -161,10 +164,12 @@ def _png(args: argparse.Namespace, default: str) -> Path:
 def _sample(args: argparse.Namespace) -> None:
     if args.n < 1:
         raise TextVAEError("-n must be >= 1")
+    check_temperature(args.prior_temperature)
     model = _load(args)
-    images = model.sample(args.n, torch.Generator().manual_seed(args.seed))
+    images = model.sample(args.n, torch.Generator().manual_seed(args.seed), args.prior_temperature)
+    spread = "I" if args.prior_temperature == 1 else f"{args.prior_temperature:g}^2 I"
     print(save_grid(images, _png(args, "samples.png"), math.ceil(math.sqrt(args.n)),
-                    f"{args.n} samples, z ~ N(0, I), pixel probabilities"))
+                    f"{args.n} samples, z ~ N(0, {spread}), pixel probabilities"))
 
 
 def _reconstruct(args: argparse.Namespace) -> None:

@@ -15,6 +15,7 @@ from typing import Optional
 from ..data import check_text_file
 from ..errors import TextVAEError
 from ..model import TextVAE
+from ..prior import check_temperature
 from ..runtime import resolve_device
 from ..threads import govern
 from .args import finite, require, seed
@@ -60,9 +61,11 @@ def set_refine(model, steps) -> None:
 
 
 def register(commands) -> None:
-    p = commands.add_parser("sample", help="sentences decoded from z ~ N(0, I)")
+    p = commands.add_parser("sample", help="sentences decoded from z drawn from the prior")
     _common(p, "sample")
     p.add_argument("-n", type=int, default=10, help="how many sentences")
+    p.add_argument("--prior-temperature", type=float, default=1.0, metavar="T",
+                   help="draw z with the prior's spread scaled by T (< 1: nearer its modes; default 1)")
     p.set_defaults(handler=_sample)
 
     p = commands.add_parser("reconstruct", help="decode sentences from their posterior mean")
@@ -158,7 +161,8 @@ def _sample(args: argparse.Namespace) -> None:
         raise TextVAEError("-n must be >= 1")
     from ..operations import sample_stream
 
-    options = _options(args)
+    check_temperature(args.prior_temperature)
+    options = {**_options(args), "prior_temperature": args.prior_temperature}
     for lines in sample_stream(_load(args, options), args.n, **options):  # the first lines come out at once
         _emit(lines)
         sys.stdout.flush()

@@ -26,6 +26,7 @@ from torch import Tensor
 from ..base import BaseVAE
 from ..latent import DiagonalGaussian, GaussianHead
 from ..objectives import VAEOutput
+from ..prior import StandardNormalPrior
 from .batches import ImageBatch
 from .config import ImageConfig
 from .data import N_PIXELS, SIDE
@@ -55,6 +56,7 @@ class ConvVAE(BaseVAE):
         self.encoder = ConvEncoder(m.channels, m.kernel_size, m.hidden_dim, activation)
         self.posterior_head = GaussianHead(m.hidden_dim, m.latent_dim, m.logvar_min, m.logvar_max, m.bn_vae_gamma)
         self.decoder = ConvDecoder(m.latent_dim, m.channels, m.kernel_size, m.hidden_dim, activation, m.upsampling)
+        self.prior = StandardNormalPrior(m.latent_dim)  # no state: the weights file is unchanged
 
     # ----------------------------------------------------------------- core
     def posterior(self, batch: ImageBatch) -> DiagonalGaussian:
@@ -84,10 +86,10 @@ class ConvVAE(BaseVAE):
         return torch.sigmoid(self.decoder(z.to(self.device)).float())
 
     @torch.no_grad()
-    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> Tensor:
-        """Pixel probabilities (n, 1, 28, 28) of images decoded from z ~ N(0, I)."""
-        z = torch.randn(n, self.latent_dim, generator=generator)
-        return self.decode(z)
+    def sample(self, n: int, generator: Optional[torch.Generator] = None, temperature: float = 1.0) -> Tensor:
+        """Pixel probabilities (n, 1, 28, 28) of images decoded from z ~ N(0, T^2 I)
+        (T = ``temperature``, prior.py)."""
+        return self.decode(self.prior.sample(n, generator, temperature=temperature))
 
     @torch.no_grad()
     def encode(self, images: Tensor) -> DiagonalGaussian:

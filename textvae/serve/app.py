@@ -5,7 +5,7 @@
     POST /api/encode       {"sentences"} -> {"mean", "logvar"}
     POST /api/decode       {"z", "strategy"?} -> {"sentences"}
     POST /api/interpolate  {"a", "b", "steps"?, "method"?} -> {"sentences", "z"}
-    POST /api/sample       {"n"?, "temperature"?, "top_p"?, "seed"?} -> {"sentences"}
+    POST /api/sample       {"n"?, "prior_temperature"?, "temperature"?, "top_p"?, "seed"?} -> {"sentences"}
     POST /api/complete     {"prefix", "n"?, "seed"?} -> {"sentences"}
     GET  /api/map          the training sentences' map: {"available", "points", "sentences", ...}
     POST /api/map          {"sentences"} or {"z"} -> {"points"} on the same map
@@ -110,7 +110,7 @@ def create_app(explorer: Explorer) -> FastAPI:
 
     @app.post("/api/sample")
     def sample(body: schemas.SampleRequest) -> dict[str, Any]:
-        return explorer.sample(body.n, _decoding(body))
+        return explorer.sample(body.n, _decoding(body), body.prior_temperature)
 
     @app.post("/api/complete")
     def complete(body: schemas.CompleteRequest) -> dict[str, Any]:

@@ -54,6 +54,7 @@ class InterpolateRequest(Decoding):
 class SampleRequest(Decoding):
     strategy: Strategy = "sample"
     n: int = 8
+    prior_temperature: float = Field(1.0, gt=0)  # z's spread around the prior's modes (prior.py)
 
 
 class CompleteRequest(Decoding):
