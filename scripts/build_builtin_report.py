@@ -167,6 +167,8 @@ def _markdown(r: dict) -> str:
         *([_row("mixture prior, known words, sampled", fl["mixture_known_sample"]),
            _row("mixture prior, known words, greedy", fl["mixture_known_greedy"])]
           if "mixture_known_sample" in fl else []),
+        *[_row(f"mixture prior at temperature {key.rsplit('_t', 1)[1]}, known words, sampled", fl[key])
+          for key in fl if key.startswith("mixture_known_sample_t")],
         _row("N(0, I) prior, sampled decoding", fl["normal_sample"]),
         _row("N(0, I) prior, greedy decoding", fl["normal_greedy"]),
         *([_row("the LM's own samples", fl["lm_sample"])] if "lm_sample" in fl else []),

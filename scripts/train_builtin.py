@@ -37,6 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = "configs/builtin/wordnet.yaml"
+PRIOR_TEMPERATURES = (0.7, 0.5)  # fluency rows beside T = 1
 SHOWCASE = [
     ["sample", "{run}", "-n", "10", "--seed", "0"],
     ["complete", "{run}", "the man", "-n", "5", "--seed", "0"],
@@ -151,6 +152,9 @@ def fluency(args, out: Path) -> dict:
     for strategy in ("sample", "greedy"):
         samples = vae.sample(1000, seed=0, strategy=strategy, words=True)
         result[f"mixture_known_{strategy}"] = {**figures(samples), "examples": samples[:5]}
+    for temperature in PRIOR_TEMPERATURES:  # z nearer the mixture's modes (`--prior-temperature`)
+        samples = vae.sample(1000, seed=0, strategy="sample", words=True, prior_temperature=temperature)
+        result[f"mixture_known_sample_t{temperature:g}"] = {**figures(samples), "examples": samples[:5]}
     # The samples `textvae sample` gives (model.known_words): what the ship rule judges.
     result["default_samples"] = "mixture_known_sample" if vae.config.model.known_words else "mixture_sample"
     return result
