@@ -74,7 +74,9 @@ def build_report(out: Path, report: dict, args) -> dict:
     fluency = report["fluency"]
     command = (f"python scripts/train_builtin.py --data {args.data} --out {args.out} --budget {args.budget:g} "
                f"--lm-budget {args.lm_budget:g} --threads {args.threads}"
-               + (f" --precision {args.precision}" if args.precision != "fp32" else ""))
+               + (f" --precision {args.precision}" if args.precision != "fp32" else "")
+               + "".join(f" --set {item}" for item in args.set)
+               + (f" --lm-from {args.lm_from}" if args.lm_from else ""))
     machine = f"{_cpu()}, {args.threads} thread{'s' if args.threads != 1 else ''}, {args.precision}, no GPU"
     figures = {
         "exact match (test)": f"{100 * vae_eval['exact_match']:.1f}%",

@@ -1,6 +1,7 @@
 """Train, measure and package the built-in `wordnet` model.
 
     python scripts/train_builtin.py --data data/wordnet --out runs/builtin
+    python scripts/train_builtin.py ... --out runs/probe --set model.logvar_min=-2 --lm-from runs/builtin/lm
 
 Stages (each one skipped when its output exists, so a stopped run continues):
   corpus   OUT/corpus: the example sentences of data/wordnet (twice), every
@@ -11,7 +12,8 @@ Stages (each one skipped when its output exists, so a stopped run continues):
   prior    its second-stage mixture prior (`textvae fit-prior`), fitted to
            the example sentences only
   lm       a language model of the same size on the example sentences, for
-           the NLL comparison and the fluency of samples (--lm-budget minutes)
+           the NLL comparison and the fluency of samples (--lm-budget minutes;
+           --lm-from RUN links one trained before instead)
   eval     `textvae eval` of both on the test split (500 importance samples)
   fluency  1,000 prior samples: NLL per word under the LM, distinct-1/2, the
            share of words the training corpus has (not spelt from pieces) and
@@ -190,6 +192,10 @@ def main() -> None:
     parser.add_argument("--glosses", type=int, default=60000, help="glosses in the training corpus")
     parser.add_argument("--iw-samples", type=int, default=500)
     parser.add_argument("--stages", default="corpus,train,prior,lm,eval,fluency,showcase,export")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override the VAE's config (repeatable; a probe of the recipe)")
+    parser.add_argument("--lm-from", metavar="RUN",
+                        help="use this trained language model (another OUT/lm) instead of training one")
     args = parser.parse_args()
     out = (ROOT / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -203,10 +209,16 @@ def main() -> None:
     if "corpus" in stages:
         build_corpus(args, out)
     if "train" in stages:
-        train(args, out, "vae", [], args.budget, str(out / "corpus"))
+        train(args, out, "vae", [flag for item in args.set for flag in ("--set", item)], args.budget,
+              str(out / "corpus"))
     if "prior" in stages and not (out / "vae" / "prior_fitted.txt").exists():
         textvae("fit-prior", out / "vae", "--data", args.data, threads=args.threads, log=out / "log.txt")
         (out / "vae" / "prior_fitted.txt").write_text(f"textvae fit-prior {out / 'vae'} --data {args.data}\n")
+    if "lm" in stages and args.lm_from and not (out / "lm").exists():
+        source = Path(args.lm_from).resolve()
+        if not (source / "config.json").exists():
+            raise SystemExit(f"--lm-from {args.lm_from}: no trained run there")
+        (out / "lm").symlink_to(source, target_is_directory=True)
     if "lm" in stages:
         # dropout 0.3: with no latent to read, the VAE's dropout-free recipe would overfit
         train(args, out, "lm", ["--set", "model.latent_dim=0", "--set", "model.prior=normal",
