@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from textvae.evaluation.likelihood import importance_weighted_log_likelihood
-from textvae.model import decoder_io
+from textvae.model import TextVAE, decoder_io
 from textvae.runtime import autocast_context, native_bf16
 
-from conftest import TEST, VALID
+from conftest import TEST, VALID, tiny_config
 
 CPU = torch.device("cpu")
 HELD_OUT = VALID + TEST[:3]  # 8 sentences the models never trained on
@@ -22,10 +22,11 @@ HELD_OUT = VALID + TEST[:3]  # 8 sentences the models never trained on
 def kernel_calls(monkeypatch):
     """A fresh kernel state (nothing compiled or broken before) and a record
     of each chunk the compiled kernel scores: (rows, dtype of the states)."""
-    from textvae.nn import fused_scoring
+    from textvae.nn import fused_scoring, lstm
 
-    monkeypatch.setattr(fused_scoring, "_kernel", None)
-    monkeypatch.setattr(fused_scoring, "_broken", False)
+    for kernel in (fused_scoring.SCORING, lstm.CELL):
+        monkeypatch.setattr(kernel, "compiled", None)
+        monkeypatch.setattr(kernel, "broken", False)
     calls, run = [], fused_scoring.run
 
     def spy(kernel, states, weight, bias, gold, rows):
@@ -91,17 +92,53 @@ def test_the_estimate_uses_the_kernel_from_enough_samples(tiny_model, kernel_cal
 
 
 def test_scoring_falls_back_to_eager_when_compiling_fails(tiny_model, monkeypatch, caplog):
-    from textvae.nn import fused_scoring
+    from textvae.nn import fused_scoring, lstm
 
     def broken(*args):
         raise RuntimeError("no C++ compiler found\nmore detail")
 
-    monkeypatch.setattr(fused_scoring, "_kernel", broken)
-    monkeypatch.setattr(fused_scoring, "_broken", False)
+    for kernel in (fused_scoring.SCORING, lstm.CELL):
+        monkeypatch.setattr(kernel, "compiled", broken)
+        monkeypatch.setattr(kernel, "broken", False)
     batch = tiny_model.batch(HELD_OUT)
     plain = importance_weighted_log_likelihood(tiny_model, batch, 6, generator=torch.Generator().manual_seed(0))
     with fused_scoring.fused_scoring(), caplog.at_level("INFO", logger="textvae"):
         fallback = importance_weighted_log_likelihood(tiny_model, batch, 6, generator=torch.Generator().manual_seed(0))
     assert torch.equal(fallback, plain)
     assert fused_scoring.unavailable() and "more detail" not in caplog.text
-    assert "compiled scoring kernel is unavailable (no C++ compiler found); scoring in eager mode" in caplog.text
+    assert "compiled scoring kernel is unavailable (no C++ compiler found); computing in eager mode" in caplog.text
+    assert "compiled LSTM cell is unavailable (no C++ compiler found); computing in eager mode" in caplog.text
+    assert lstm.CELL.broken and caplog.text.count("is unavailable") == 2  # once each, not once a call
+
+
+@pytest.mark.parametrize("mode", ["both", "init"])
+def test_the_compiled_lstm_cell_gives_the_eager_states(word_tokenizer, kernel_calls, monkeypatch, mode):
+    """Inside fused_scoring() the recurrence of states_under_samples runs the
+    compiled cell, a step at a time, with the eager cell's states (fp32 within
+    1e-5, bf16 within its rounding); outside it the cell stays eager."""
+    from textvae.nn import fused_scoring, lstm
+
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler: torch.compile's CPU kernels cannot be built here")
+    torch.manual_seed(0)
+    model = TextVAE(tiny_config(model={"latent_to_decoder": mode}), word_tokenizer).eval()
+    batch = model.batch(HELD_OUT)
+    inputs = decoder_io(batch)[0]
+    z = torch.randn(3, len(batch), 4)
+    steps, compiled_call = [], lstm.CELL.__call__
+    monkeypatch.setattr(lstm.CELL.__class__, "__call__",
+                        lambda self, *args: steps.append(args[0].shape) or compiled_call(*args))
+    with torch.no_grad():
+        eager = model.decoder.states_under_samples(inputs, z)
+        assert not steps
+        with fused_scoring.fused_scoring():
+            fused = model.decoder.states_under_samples(inputs, z)
+        assert steps == [(3 * len(batch), 4 * model.decoder.hidden_dim)] * inputs.shape[1]
+        assert not lstm.CELL.broken and torch.allclose(fused, eager, atol=1e-5)
+        if native_bf16(CPU):
+            with autocast_context(CPU, "bf16")():
+                low = model.decoder.states_under_samples(inputs, z)
+                with fused_scoring.fused_scoring():
+                    fused_low = model.decoder.states_under_samples(inputs, z)
+            assert fused_low.dtype == low.dtype == torch.bfloat16
+            assert (fused_low.float() - low.float()).abs().max() < 2e-2

@@ -1,4 +1,5 @@
-"""The evaluation's per-token log-likelihoods in one compiled kernel per chunk.
+"""The evaluation's compiled kernels: per-token log-likelihoods in one
+kernel per chunk, and the LSTM decoder's cell update (nn/lstm.py).
 
 Importance-weighted NLL scores every token under hundreds of latent samples:
 the output projection is its one unavoidable matrix product, and in eager
@@ -9,6 +10,11 @@ the gather into one pass after the product, so only the (rows,) result
 leaves the cache (figures in the README's Speed section). In bf16 the fused
 logits skip the rounding to bf16 that eager autocast applies, so the values
 agree with eager bf16 within bf16 rounding, not bit for bit.
+
+The same holds for the recurrence that ``LSTMDecoder.states_under_samples``
+runs under every sample: its gate sums and nonlinearities, a dozen eager
+passes over (rows, 4H) tensors a step, become one compiled kernel after the
+recurrent product (``CompiledKernel``, shared by both).
 
 Used only where it pays: inside ``fused_scoring()`` (the IW driver enters it
 for large estimates), without autograd, on the CPU, for a plain ``nn.Linear``
@@ -35,8 +41,33 @@ from torch import Tensor, nn
 log = logging.getLogger("textvae")
 
 _active: contextvars.ContextVar[bool] = contextvars.ContextVar("fused_scoring", default=False)
-_kernel: Optional[Callable] = None
-_broken = False  # compiling failed once: eager from then on
+
+
+class CompiledKernel:
+    """``function`` compiled by ``torch.compile`` on first use (one shape at a
+    time: dynamic=False), for use inside ``fused_scoring()``. Calling it gives
+    the function's result, or None once compiling has failed, logged once;
+    the caller then computes in eager mode, from then on."""
+
+    def __init__(self, function: Callable, what: str) -> None:
+        self.function, self.what = function, what
+        self.compiled: Optional[Callable] = None
+        self.broken = False
+
+    def __call__(self, *args):
+        if self.broken:
+            return None
+        if self.compiled is None:
+            self.compiled = torch.compile(self.function, dynamic=False, options={"cpp.dynamic_threads": True})
+        try:
+            with torch.autocast("cpu", enabled=False):  # the inputs carry the precision already
+                return self.compiled(*args)
+        except Exception as error:  # noqa: BLE001 (torch.compile's failures have no common type)
+            self.broken = True
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            log.info(f"the compiled {self.what} is unavailable ({first[:200]}); computing in eager mode")
+            log.debug(f"the compiled {self.what}'s failure", exc_info=True)
+            return None
 
 
 def chunk_log_likelihood(states: Tensor, weight: Tensor, bias: Optional[Tensor], gold: Tensor) -> Tensor:
@@ -47,10 +78,14 @@ def chunk_log_likelihood(states: Tensor, weight: Tensor, bias: Optional[Tensor],
     return logits.gather(1, gold.unsqueeze(1)).squeeze(1) - torch.logsumexp(logits, dim=-1)
 
 
+SCORING = CompiledKernel(chunk_log_likelihood, "scoring kernel")
+
+
 @contextlib.contextmanager
 def fused_scoring(enabled: bool = True) -> Iterator[None]:
     """Within it (in this thread or task), ``token_log_likelihood`` without
-    autograd uses the compiled kernel; ``enabled=False`` turns it off inside."""
+    autograd uses the compiled kernel, and the LSTM decoder's scoring
+    recurrence its compiled cell; ``enabled=False`` turns them off inside."""
     token = _active.set(enabled)
     try:
         yield
@@ -58,35 +93,28 @@ def fused_scoring(enabled: bool = True) -> Iterator[None]:
         _active.reset(token)
 
 
+def active() -> bool:
+    """True inside ``fused_scoring()``, on the CPU, without autograd: where a compiled kernel may serve."""
+    return _active.get() and not torch.is_grad_enabled()
+
+
 def kernel_for(output: nn.Module, states: Tensor) -> Optional[Callable]:
     """The compiled ``chunk_log_likelihood`` where it applies here, else None."""
-    global _kernel
-    if (not _active.get() or _broken or torch.is_grad_enabled() or states.device.type != "cpu"
-            or type(output) is not nn.Linear):
+    if not active() or SCORING.broken or states.device.type != "cpu" or type(output) is not nn.Linear:
         return None
-    if _kernel is None:
-        _kernel = torch.compile(chunk_log_likelihood, dynamic=False, options={"cpp.dynamic_threads": True})
-    return _kernel
+    return SCORING
 
 
 def run(kernel: Callable, states: Tensor, weight: Tensor, bias: Optional[Tensor], gold: Tensor,
         rows: int) -> Optional[Tensor]:
     """``kernel`` on a chunk padded to ``rows`` (one compiled shape for every
     chunk); None if compiling failed, which turns the kernel off for good."""
-    global _broken
     n = states.shape[0]
     if n < rows:  # the last chunk: zero rows score token 0 and are dropped
         states = torch.cat([states, states.new_zeros(rows - n, states.shape[1])])
         gold = torch.cat([gold, gold.new_zeros(rows - n)])
-    try:
-        with torch.autocast("cpu", enabled=False):  # the inputs carry the precision already
-            return kernel(states, weight, bias, gold)[:n]
-    except Exception as error:  # noqa: BLE001 (torch.compile's failures have no common type)
-        _broken = True
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        log.info(f"the compiled scoring kernel is unavailable ({first[:200]}); scoring in eager mode")
-        log.debug("the compiled scoring kernel's failure", exc_info=True)
-        return None
+    out = kernel(states, weight, bias, gold)
+    return None if out is None else out[:n]
 
 
 def score(output: nn.Module, states: Tensor, gold: Tensor, rows: int) -> Optional[list[Tensor]]:
@@ -111,5 +139,5 @@ def score(output: nn.Module, states: Tensor, gold: Tensor, rows: int) -> Optiona
 
 
 def unavailable() -> bool:
-    """True once compiling has failed in this process (the eager path serves)."""
-    return _broken
+    """True once compiling the scoring kernel has failed in this process (the eager path serves)."""
+    return SCORING.broken

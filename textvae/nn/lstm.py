@@ -12,7 +12,24 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from ..config import ModelConfig
 from ..errors import TextVAEError
+from . import fused_scoring
 from .dropout import Dropout
+
+
+def cell_update(recurrent: Tensor, latent_gates: Tensor, word_gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """One step of the LSTM cell (Hochreiter & Schmidhuber 1997; gate order
+    i, f, g, o as nn.LSTM's) for S samples of B sentences, row s * B + b:
+    recurrent = h W_hh^T (S * B, 4H) in the working precision, latent_gates
+    (S, B, 4H) or (1, 1, 4H), word_gates (B, 4H) and the cell c (S * B, H)
+    in fp32. Returns h (S * B, H) in the working precision and c in fp32."""
+    rows, width = c.shape
+    gates = recurrent.float().view(-1, word_gates.shape[0], 4 * width) + latent_gates + word_gates  # (S, B, 4H)
+    i, f, g, o = gates.view(rows, -1).chunk(4, dim=-1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return (torch.sigmoid(o) * torch.tanh(c)).to(recurrent.dtype), c
+
+
+CELL = fused_scoring.CompiledKernel(cell_update, "LSTM cell")
 
 
 class LSTM(nn.LSTM):
@@ -156,15 +173,16 @@ class LSTMDecoder(nn.Module):
                                   lstm.bias_ih_l0.to(dtype).float() + lstm.bias_hh_l0.to(dtype).float())  # (B, T, 4H)
             latent_gates = (F.linear(z.to(dtype).float(), weight_ih[:, words:]) if self.latent_in_input
                             else word_gates.new_zeros(1, 1, 4 * width))  # (S, B, 4H)
+        word_gates = word_gates.transpose(0, 1).contiguous()  # (T, B, 4H): each step's slice contiguous
         state = self.initial_state(z.reshape(rows, -1), rows)
         h, c = state["h"][0].to(dtype), state["c"][0].float()  # (S * B, H)
         weight_hh = lstm.weight_hh_l0.to(dtype).t()  # (H, 4H)
         hidden = torch.empty(rows, steps, width, dtype=dtype, device=inputs.device)
-        for t in range(steps):  # the LSTM cell (Hochreiter & Schmidhuber 1997), gate order i, f, g, o as nn.LSTM's
-            gates = (h @ weight_hh).float().view(samples, batch, -1) + latent_gates + word_gates[:, t]  # (S, B, 4H)
-            i, f, g, o = gates.view(rows, -1).chunk(4, dim=-1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h = (torch.sigmoid(o) * torch.tanh(c)).to(dtype)
+        compiled = CELL if fused_scoring.active() else None  # one fused kernel a step (fused_scoring.py)
+        for t in range(steps):
+            recurrent = h @ weight_hh  # (S * B, 4H)
+            out = compiled(recurrent, latent_gates, word_gates[t], c) if compiled is not None else None
+            h, c = out if out is not None else cell_update(recurrent, latent_gates, word_gates[t], c)
             hidden[:, t] = h
         return hidden
 
