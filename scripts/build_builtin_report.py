@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -75,7 +76,7 @@ def build_report(out: Path, report: dict, args) -> dict:
     command = (f"python scripts/train_builtin.py --data {args.data} --out {args.out} --budget {args.budget:g} "
                f"--lm-budget {args.lm_budget:g} --threads {args.threads}"
                + (f" --precision {args.precision}" if args.precision != "fp32" else "")
-               + "".join(f" --set {item}" for item in args.set)
+               + "".join(f" --set {shlex.quote(item)}" for item in args.set)
                + (f" --lm-from {args.lm_from}" if args.lm_from else ""))
     machine = f"{_cpu()}, {args.threads} thread{'s' if args.threads != 1 else ''}, {args.precision}, no GPU"
     figures = {
@@ -158,7 +159,10 @@ def _markdown(r: dict) -> str:
         "a decoder of this size and training reads like with no latent at all. \"known words\" rows hold decoding to "
         "the training corpus's words (`--known-words`, textvae/lexicon.py); the others let BPE pieces spell anything."
         + (" `textvae sample` gives the known-words samples (the config's `model.known_words`); the ship rule "
-           "judges those." if fl.get("default_samples") == "mixture_known_sample" else ""),
+           "judges those." if fl.get("default_samples") == "mixture_known_sample" else "")
+        + (" Rows at a prior temperature T draw z with each mixture component's spread scaled by T "
+           "(`--prior-temperature T`, Kingma & Dhariwal 2018): nearer the codes of the training sentences."
+           if any(key.startswith("mixture_known_sample_t") for key in fl) else ""),
         "",
         "| sentences | LM NLL / word | distinct-1 | distinct-2 | mean length | known words |",
         "|---|---|---|---|---|---|",
@@ -169,8 +173,8 @@ def _markdown(r: dict) -> str:
         *([_row("mixture prior, known words, sampled", fl["mixture_known_sample"]),
            _row("mixture prior, known words, greedy", fl["mixture_known_greedy"])]
           if "mixture_known_sample" in fl else []),
-        *[_row(f"mixture prior at temperature {key.rsplit('_t', 1)[1]}, known words, sampled", fl[key])
-          for key in fl if key.startswith("mixture_known_sample_t")],
+        *[_row(f"mixture prior at temperature {row['prior_temperature']:g}, known words, sampled", row)
+          for key, row in fl.items() if key.startswith("mixture_known_sample_t")],
         _row("N(0, I) prior, sampled decoding", fl["normal_sample"]),
         _row("N(0, I) prior, greedy decoding", fl["normal_greedy"]),
         *([_row("the LM's own samples", fl["lm_sample"])] if "lm_sample" in fl else []),

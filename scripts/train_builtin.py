@@ -3,6 +3,10 @@
     python scripts/train_builtin.py --data data/wordnet --out runs/builtin
     python scripts/train_builtin.py ... --out runs/probe --set model.logvar_min=-2 --lm-from runs/builtin/lm
 
+A probe (``--set`` or ``--lm-from``) stops before ``export``: its figures
+stay in OUT/report.json, and results/builtin.md and the packaged model are
+left alone unless ``--stages`` names export.
+
 Stages (each one skipped when its output exists, so a stopped run continues):
   corpus   OUT/corpus: the example sentences of data/wordnet (twice), every
            WordNet lemma and up to --glosses short glosses (data/wordnet/
@@ -17,7 +21,8 @@ Stages (each one skipped when its output exists, so a stopped run continues):
   eval     `textvae eval` of both on the test split (500 importance samples)
   fluency  1,000 prior samples: NLL per word under the LM, distinct-1/2, the
            share of words the training corpus has (not spelt from pieces) and
-           mean length, against the test split's; mixture vs N(0, I) prior
+           mean length, against the test split's; mixture vs N(0, I) prior,
+           and the mixture at prior temperatures 0.7 and 0.5
   showcase prior samples, completions and interpolations, as a user runs them
   export   textvae/pretrained/wordnet (bf16 weights, card.json) and
            results/builtin.md / .json
@@ -40,6 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = "configs/builtin/wordnet.yaml"
 PRIOR_TEMPERATURES = (0.7, 0.5)  # fluency rows beside T = 1
+STAGES = ("corpus", "train", "prior", "lm", "eval", "fluency", "showcase", "export")
 SHOWCASE = [
     ["sample", "{run}", "-n", "10", "--seed", "0"],
     ["complete", "{run}", "the man", "-n", "5", "--seed", "0"],
@@ -78,6 +84,20 @@ def train(args, out: Path, name: str, extra: list[str], budget: float, data: str
             "--set", f"train.num_threads={args.threads}", "--set", f"train.precision={args.precision}",
             threads=args.threads, log=out / "log.txt")
     (run / "train_wall_seconds.txt").write_text(f"{time.time() - start:.1f}\n")
+
+
+def link_lm(out: Path, source: Path) -> None:
+    """OUT/lm as a link to a finished language model trained by another run."""
+    from textvae.training.info import run_info
+
+    if not (source / "config.json").exists() or not run_info(source).finished:
+        raise SystemExit(f"--lm-from {source}: no finished training run there")
+    link = out / "lm"
+    if link.is_symlink() and link.resolve() == source:
+        return
+    if link.exists() or link.is_symlink():
+        raise SystemExit(f"--lm-from: {link} exists already (remove it to link {source})")
+    link.symlink_to(source, target_is_directory=True)
 
 
 def build_corpus(args, out: Path) -> Path:
@@ -151,12 +171,11 @@ def fluency(args, out: Path) -> dict:
             samples = vae.sample(1000, seed=0, strategy=strategy, words=False)
             result[f"{prior_name}_{strategy}"] = {**figures(samples), "examples": samples[:5]}
     vae.prior = mixture
-    for strategy in ("sample", "greedy"):
-        samples = vae.sample(1000, seed=0, strategy=strategy, words=True)
-        result[f"mixture_known_{strategy}"] = {**figures(samples), "examples": samples[:5]}
-    for temperature in PRIOR_TEMPERATURES:  # z nearer the mixture's modes (`--prior-temperature`)
-        samples = vae.sample(1000, seed=0, strategy="sample", words=True, prior_temperature=temperature)
-        result[f"mixture_known_sample_t{temperature:g}"] = {**figures(samples), "examples": samples[:5]}
+    # Held to the corpus's words, at T = 1 and nearer the mixture's modes (`--prior-temperature`).
+    for strategy, temperature in [("sample", 1.0), ("greedy", 1.0)] + [("sample", t) for t in PRIOR_TEMPERATURES]:
+        samples = vae.sample(1000, seed=0, strategy=strategy, words=True, prior_temperature=temperature)
+        key = f"mixture_known_{strategy}" + (f"_t{temperature:g}" if temperature != 1 else "")
+        result[key] = {**figures(samples), "examples": samples[:5], "prior_temperature": temperature}
     # The samples `textvae sample` gives (model.known_words): what the ship rule judges.
     result["default_samples"] = "mixture_known_sample" if vae.config.model.known_words else "mixture_sample"
     return result
@@ -191,7 +210,8 @@ def main() -> None:
                         help="training precision: bf16 pays on a CPU with AMX (or a GPU), fp32 elsewhere")
     parser.add_argument("--glosses", type=int, default=60000, help="glosses in the training corpus")
     parser.add_argument("--iw-samples", type=int, default=500)
-    parser.add_argument("--stages", default="corpus,train,prior,lm,eval,fluency,showcase,export")
+    parser.add_argument("--stages", default=None,
+                        help="comma-separated (default: all; a probe's default stops before export)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override the VAE's config (repeatable; a probe of the recipe)")
     parser.add_argument("--lm-from", metavar="RUN",
@@ -199,7 +219,8 @@ def main() -> None:
     args = parser.parse_args()
     out = (ROOT / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    stages = args.stages.split(",")
+    probe = bool(args.set or args.lm_from)
+    stages = (args.stages or ",".join(STAGES[:-1] if probe else STAGES)).split(",")
     report_path = out / "report.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
 
@@ -214,12 +235,9 @@ def main() -> None:
     if "prior" in stages and not (out / "vae" / "prior_fitted.txt").exists():
         textvae("fit-prior", out / "vae", "--data", args.data, threads=args.threads, log=out / "log.txt")
         (out / "vae" / "prior_fitted.txt").write_text(f"textvae fit-prior {out / 'vae'} --data {args.data}\n")
-    if "lm" in stages and args.lm_from and not (out / "lm").exists():
-        source = Path(args.lm_from).resolve()
-        if not (source / "config.json").exists():
-            raise SystemExit(f"--lm-from {args.lm_from}: no trained run there")
-        (out / "lm").symlink_to(source, target_is_directory=True)
-    if "lm" in stages:
+    if "lm" in stages and args.lm_from:
+        link_lm(out, (ROOT / args.lm_from).resolve())
+    elif "lm" in stages:
         # dropout 0.3: with no latent to read, the VAE's dropout-free recipe would overfit
         train(args, out, "lm", ["--set", "model.latent_dim=0", "--set", "model.prior=normal",
                                 "--set", "model.dropout=0.3"], args.lm_budget, args.data)

@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from textvae.model import TextVAE
+
 from conftest import TINY_FLAGS, TRAIN, write_corpus
 
 
@@ -57,8 +59,10 @@ def test_sample(cli, trained_run):
     beam = cli("sample", trained_run, "-n", "2", "--strategy", "beam", "--beam-size", "3", "--max-length", "5")
     assert beam.code == 0 and len(beam.out_lines) == 2
     assert all(len(line.split()) <= 5 for line in beam.out_lines)
-    cooled = cli("sample", trained_run, "-n", "3", "--seed", "0", "--prior-temperature", "0.5")
-    assert cooled.code == 0 and len(cooled.out_lines) == 3
+    cooled = cli("sample", trained_run, "-n", "8", "--seed", "0", "--prior-temperature", "0.1")
+    model = TextVAE.from_pretrained(trained_run)
+    assert cooled.code == 0 and cooled.out_lines == model.sample(8, seed=0, prior_temperature=0.1)
+    assert cooled.out_lines != model.sample(8, seed=0)
     for bad in ("0", "-1", "nan"):
         refused = cli("sample", trained_run, "-n", "3", "--prior-temperature", bad)
         assert refused.code != 0 and refused.out == "" and "prior temperature" in refused.err

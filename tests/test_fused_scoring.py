@@ -1,7 +1,8 @@
-"""The compiled scoring kernel of large IW estimates (nn/fused_scoring.py):
-each chunk of token_log_likelihood is one compiled kernel inside
-fused_scoring(), with the eager values; the IW driver uses it from
-FUSED_MIN_SAMPLES samples; it steps aside when it cannot compile."""
+"""The compiled kernels of large IW estimates (nn/fused_scoring.py): each
+chunk of token_log_likelihood is one compiled kernel inside fused_scoring(),
+with the eager values, and so is each step of the LSTM decoder's recurrence
+under the samples; the IW driver uses them from FUSED_MIN_SAMPLES samples;
+they step aside when they cannot compile."""
 
 import shutil
 
@@ -111,30 +112,45 @@ def test_scoring_falls_back_to_eager_when_compiling_fails(tiny_model, monkeypatc
     assert lstm.CELL.broken and caplog.text.count("is unavailable") == 2  # once each, not once a call
 
 
-@pytest.mark.parametrize("mode", ["both", "init"])
-def test_the_compiled_lstm_cell_gives_the_eager_states(word_tokenizer, kernel_calls, monkeypatch, mode):
+def test_the_compiled_lstm_cell_gives_the_eager_states(word_tokenizer, kernel_calls, monkeypatch):
     """Inside fused_scoring() the recurrence of states_under_samples runs the
     compiled cell, a step at a time, with the eager cell's states (fp32 within
-    1e-5, bf16 within its rounding); outside it the cell stays eager."""
+    1e-5, bf16 within its rounding); outside it the cell stays eager. A second
+    shape makes the sizes symbolic: later batch sizes, sample counts and
+    sentence lengths compile nothing more (one sentence at a time, a size
+    torch specialises, compiles once, whatever its length)."""
+    from torch._dynamo.utils import counters
+
     from textvae.nn import fused_scoring, lstm
 
     if shutil.which("c++") is None and shutil.which("g++") is None:
         pytest.skip("no C++ compiler: torch.compile's CPU kernels cannot be built here")
+    steps, cell = [], lstm.CELL
+    monkeypatch.setattr(lstm, "CELL", lambda *args: steps.append(args[0].shape) or cell(*args))
     torch.manual_seed(0)
-    model = TextVAE(tiny_config(model={"latent_to_decoder": mode}), word_tokenizer).eval()
-    batch = model.batch(HELD_OUT)
-    inputs = decoder_io(batch)[0]
-    z = torch.randn(3, len(batch), 4)
-    steps, compiled_call = [], lstm.CELL.__call__
-    monkeypatch.setattr(lstm.CELL.__class__, "__call__",
-                        lambda self, *args: steps.append(args[0].shape) or compiled_call(*args))
+    model = TextVAE(tiny_config(model={"latent_to_decoder": "both"}), word_tokenizer).eval()
+    inputs = decoder_io(model.batch(HELD_OUT))[0]
+    z = torch.randn(3, len(HELD_OUT), 4)
+
+    def compiled_matches_eager(texts, samples):
+        other = decoder_io(model.batch(texts))[0]
+        z_other = torch.randn(samples, len(texts), 4)
+        with fused_scoring.fused_scoring():
+            fused = model.decoder.states_under_samples(other, z_other)
+        assert torch.allclose(fused, cell_free(model, other, z_other), atol=1e-5)
+        return counters["stats"]["unique_graphs"]
+
     with torch.no_grad():
         eager = model.decoder.states_under_samples(inputs, z)
         assert not steps
         with fused_scoring.fused_scoring():
             fused = model.decoder.states_under_samples(inputs, z)
-        assert steps == [(3 * len(batch), 4 * model.decoder.hidden_dim)] * inputs.shape[1]
-        assert not lstm.CELL.broken and torch.allclose(fused, eager, atol=1e-5)
+        assert steps == [(3 * len(HELD_OUT), 4 * model.decoder.hidden_dim)] * inputs.shape[1]
+        assert not cell.broken and torch.allclose(fused, eager, atol=1e-5)
+        settled = compiled_matches_eager(HELD_OUT[:3], 5)  # the second shape: sizes become symbolic
+        assert compiled_matches_eager(HELD_OUT[3:7], 2) == settled  # other sizes and lengths: no compile
+        single = compiled_matches_eager(HELD_OUT[3:4], 2)
+        assert compiled_matches_eager(HELD_OUT[4:5], 2) == single  # another length, one sentence
         if native_bf16(CPU):
             with autocast_context(CPU, "bf16")():
                 low = model.decoder.states_under_samples(inputs, z)
@@ -142,3 +158,11 @@ def test_the_compiled_lstm_cell_gives_the_eager_states(word_tokenizer, kernel_ca
                     fused_low = model.decoder.states_under_samples(inputs, z)
             assert fused_low.dtype == low.dtype == torch.bfloat16
             assert (fused_low.float() - low.float()).abs().max() < 2e-2
+
+
+def cell_free(model, inputs, z):
+    """states_under_samples outside fused_scoring(): the eager cell."""
+    from textvae.nn import fused_scoring
+
+    with fused_scoring.fused_scoring(False):
+        return model.decoder.states_under_samples(inputs, z)

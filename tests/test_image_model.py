@@ -78,7 +78,7 @@ def test_shapes_through_encoder_and_decoder(size, upsampling):
     assert model.log_likelihood(batch, q.sample(5)).shape == (5, size)
     assert model.sample(2).shape == (2, 1, 28, 28) and model.reconstruct(batch.images).shape == (size, 1, 28, 28)
     # The prior temperature scales z: T = 0.5 halves each draw.
-    cooled = model.sample(3, torch.Generator().manual_seed(4), temperature=0.5)
+    cooled = model.sample(3, torch.Generator().manual_seed(4), prior_temperature=0.5)
     assert torch.allclose(cooled, model.decode(0.5 * torch.randn(3, model.latent_dim,
                                                                  generator=torch.Generator().manual_seed(4))))
     assert model.interpolate(batch.images, batch.images, steps=4).shape == (size, 4, 1, 28, 28)

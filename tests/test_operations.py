@@ -3,7 +3,8 @@
 prefix and starts a new word unless asked, interpolation starts and ends at
 the reconstructions and slerp keeps to the sphere, a language model samples
 and completes but has no latent to interpolate, sampling streams in chunks
-from one random stream, and lengths are bounded."""
+from one random stream, lengths are bounded, and a prior temperature scales
+the prior's draw."""
 
 import pytest
 import torch
@@ -26,13 +27,18 @@ def test_seeded_sampling_is_reproducible(tiny_model):
     assert len(decode(tiny_model, "sample", seed=1, n=1)) == 1
 
 
-def test_prior_temperature_decodes_the_cooled_draw(tiny_model):
-    from textvae.operations import decode as decode_z
+def test_prior_temperature_decodes_the_cooled_draw(tiny_model, monkeypatch):
+    """sample(prior_temperature=T) decodes T times the prior's draw (the same
+    random stream), and T = 1 the plain draw."""
+    from textvae import operations
 
+    drawn, plain = [], operations._decode
+    monkeypatch.setattr(operations, "_decode", lambda model, z, *a, **k: drawn.append(z) or plain(model, z, *a, **k))
     eps = torch.randn(5, tiny_model.latent_dim, generator=torch.Generator().manual_seed(3))
     cooled = decode(tiny_model, seed=3, n=5, prior_temperature=0.3)
-    assert cooled == decode_z(tiny_model, 0.3 * eps)
-    assert decode(tiny_model, seed=3, n=5) == decode_z(tiny_model, eps)  # T = 1 is the plain prior
+    full = decode(tiny_model, seed=3, n=5)
+    assert torch.allclose(drawn[0], 0.3 * eps) and torch.equal(drawn[1], eps)
+    assert cooled == operations.decode(tiny_model, 0.3 * eps) and full == operations.decode(tiny_model, eps)
     with pytest.raises(TextVAEError, match="prior temperature"):
         decode(tiny_model, n=2, prior_temperature=0)
 

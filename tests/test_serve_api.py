@@ -88,8 +88,8 @@ def test_sample_and_complete(client, explorer):
     answer = post(client, "/api/sample", {"n": 4, "temperature": 0.8, "top_p": 0.9, "seed": 3})
     assert answer["sentences"] == explorer.model.sample(4, seed=3, temperature=0.8, top_p=0.9)
     assert post(client, "/api/sample", {})["sentences"].__len__() == 8
-    cooled = post(client, "/api/sample", {"n": 4, "seed": 3, "prior_temperature": 0.5})["sentences"]
-    assert cooled == explorer.model.sample(4, seed=3, prior_temperature=0.5)
+    cooled = post(client, "/api/sample", {"n": 8, "seed": 3, "prior_temperature": 0.1})["sentences"]
+    assert cooled == explorer.model.sample(8, seed=3, prior_temperature=0.1) != explorer.model.sample(8, seed=3)
     completions = post(client, "/api/complete", {"prefix": "the cat", "n": 3, "seed": 0})["sentences"]
     assert len(completions) == 3 and all(s.startswith("the cat") for s in completions)
 

@@ -99,8 +99,6 @@ def sample(model, n: int = 10, strategy: str = "sample", seed: Optional[int] = N
     z = None
     if model.has_latent:
         z = model.prior.sample(n, generator, model.device, temperature=prior_temperature)
-    elif prior_temperature != 1:
-        log.info("this model has no latent: the prior temperature changes nothing")
     return model.tokenizer.decode_batch(_decode(model, z, n, _settings(model, strategy, max_length, **options),
                                                 generator))
 

@@ -25,6 +25,7 @@ component (the weights are kept).
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Optional
 
 import torch
@@ -36,8 +37,8 @@ from .latent import LOG_2PI, standard_normal_log_prob
 
 def check_temperature(value: float) -> None:
     """A prior temperature is a finite number > 0 (one clear error otherwise)."""
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-        raise TextVAEError(f"the prior temperature must be a number > 0, not {value}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and value > 0):
+        raise TextVAEError(f"the prior temperature must be a finite number > 0, not {value!r}")
 
 
 class StandardNormalPrior(nn.Module):

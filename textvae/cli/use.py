@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Optional
@@ -19,6 +20,8 @@ from ..prior import check_temperature
 from ..runtime import resolve_device
 from ..threads import govern
 from .args import finite, require, seed
+
+log = logging.getLogger("textvae")
 
 MAX_BEAM = 64  # beams a sentence: memory grows with their number
 MAX_AT_ONCE = 10_000  # completions, interpolation steps: decoded in one batch
@@ -163,7 +166,10 @@ def _sample(args: argparse.Namespace) -> None:
 
     check_temperature(args.prior_temperature)
     options = {**_options(args), "prior_temperature": args.prior_temperature}
-    for lines in sample_stream(_load(args, options), args.n, **options):  # the first lines come out at once
+    model = _load(args, options)
+    if not model.has_latent and args.prior_temperature != 1:
+        log.info("this model has no latent: --prior-temperature changes nothing")
+    for lines in sample_stream(model, args.n, **options):  # the first lines come out at once
         _emit(lines)
         sys.stdout.flush()
 

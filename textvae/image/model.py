@@ -86,10 +86,10 @@ class ConvVAE(BaseVAE):
         return torch.sigmoid(self.decoder(z.to(self.device)).float())
 
     @torch.no_grad()
-    def sample(self, n: int, generator: Optional[torch.Generator] = None, temperature: float = 1.0) -> Tensor:
+    def sample(self, n: int, generator: Optional[torch.Generator] = None, prior_temperature: float = 1.0) -> Tensor:
         """Pixel probabilities (n, 1, 28, 28) of images decoded from z ~ N(0, T^2 I)
-        (T = ``temperature``, prior.py)."""
-        return self.decode(self.prior.sample(n, generator, temperature=temperature))
+        (T = ``prior_temperature``, prior.py)."""
+        return self.decode(self.prior.sample(n, generator, temperature=prior_temperature))
 
     @torch.no_grad()
     def encode(self, images: Tensor) -> DiagonalGaussian:

@@ -44,22 +44,27 @@ _active: contextvars.ContextVar[bool] = contextvars.ContextVar("fused_scoring", 
 
 
 class CompiledKernel:
-    """``function`` compiled by ``torch.compile`` on first use (one shape at a
-    time: dynamic=False), for use inside ``fused_scoring()``. Calling it gives
-    the function's result, or None once compiling has failed, logged once;
-    the caller then computes in eager mode, from then on."""
+    """``function`` compiled by ``torch.compile`` on first use, for use inside
+    ``fused_scoring()``. ``dynamic=False`` compiles one kernel per input
+    shape (for callers that pad to one shape); ``dynamic=None`` lets torch
+    mark the sizes that change between calls as symbolic, so a second shape
+    costs one more compile and later ones none. Calling it gives the
+    function's result, or None once compiling has failed, logged once; the
+    caller then computes in eager mode, from then on."""
 
-    def __init__(self, function: Callable, what: str) -> None:
-        self.function, self.what = function, what
+    def __init__(self, function: Callable, what: str, dynamic: Optional[bool] = False) -> None:
+        self.function, self.what, self.dynamic = function, what, dynamic
         self.compiled: Optional[Callable] = None
         self.broken = False
+        KERNELS.append(self)
 
     def __call__(self, *args):
         if self.broken:
             return None
-        if self.compiled is None:
-            self.compiled = torch.compile(self.function, dynamic=False, options={"cpp.dynamic_threads": True})
         try:
+            if self.compiled is None:
+                self.compiled = torch.compile(self.function, dynamic=self.dynamic,
+                                              options={"cpp.dynamic_threads": True})
             with torch.autocast("cpu", enabled=False):  # the inputs carry the precision already
                 return self.compiled(*args)
         except Exception as error:  # noqa: BLE001 (torch.compile's failures have no common type)
@@ -68,6 +73,9 @@ class CompiledKernel:
             log.info(f"the compiled {self.what} is unavailable ({first[:200]}); computing in eager mode")
             log.debug(f"the compiled {self.what}'s failure", exc_info=True)
             return None
+
+
+KERNELS: list[CompiledKernel] = []  # every compiled kernel of the process, for ``unavailable``
 
 
 def chunk_log_likelihood(states: Tensor, weight: Tensor, bias: Optional[Tensor], gold: Tensor) -> Tensor:
@@ -94,7 +102,8 @@ def fused_scoring(enabled: bool = True) -> Iterator[None]:
 
 
 def active() -> bool:
-    """True inside ``fused_scoring()``, on the CPU, without autograd: where a compiled kernel may serve."""
+    """True inside ``fused_scoring()`` without autograd: where a compiled
+    kernel may serve (each caller checks that its tensors are on the CPU)."""
     return _active.get() and not torch.is_grad_enabled()
 
 
@@ -139,5 +148,5 @@ def score(output: nn.Module, states: Tensor, gold: Tensor, rows: int) -> Optiona
 
 
 def unavailable() -> bool:
-    """True once compiling the scoring kernel has failed in this process (the eager path serves)."""
-    return SCORING.broken
+    """True once compiling one of the kernels has failed in this process (the eager path serves it)."""
+    return any(kernel.broken for kernel in KERNELS)

@@ -29,7 +29,10 @@ def cell_update(recurrent: Tensor, latent_gates: Tensor, word_gates: Tensor, c: 
     return (torch.sigmoid(o) * torch.tanh(c)).to(recurrent.dtype), c
 
 
-CELL = fused_scoring.CompiledKernel(cell_update, "LSTM cell")
+# dynamic=None: the rows (samples x sentences) change with the batch and the
+# IW chunk, and become symbolic after the first change; the step's sizes do
+# not depend on the sentence length.
+CELL = fused_scoring.CompiledKernel(cell_update, "LSTM cell", dynamic=None)
 
 
 class LSTM(nn.LSTM):
@@ -169,11 +172,11 @@ class LSTMDecoder(nn.Module):
         # as the fused LSTM sums them (once a sentence or a sample: cheap).
         weight_ih = lstm.weight_ih_l0.to(dtype).float()  # (4H, E [+ D])
         with torch.autocast(device, enabled=False):
-            word_gates = F.linear(self.embedding(inputs).to(dtype).float(), weight_ih[:, :words],
-                                  lstm.bias_ih_l0.to(dtype).float() + lstm.bias_hh_l0.to(dtype).float())  # (B, T, 4H)
+            # time-major, so each step's slice is one contiguous (B, 4H) block, whatever B and T
+            word_gates = F.linear(self.embedding(inputs.t()).to(dtype).float(), weight_ih[:, :words],
+                                  lstm.bias_ih_l0.to(dtype).float() + lstm.bias_hh_l0.to(dtype).float())  # (T, B, 4H)
             latent_gates = (F.linear(z.to(dtype).float(), weight_ih[:, words:]) if self.latent_in_input
                             else word_gates.new_zeros(1, 1, 4 * width))  # (S, B, 4H)
-        word_gates = word_gates.transpose(0, 1).contiguous()  # (T, B, 4H): each step's slice contiguous
         state = self.initial_state(z.reshape(rows, -1), rows)
         h, c = state["h"][0].to(dtype), state["c"][0].float()  # (S * B, H)
         weight_hh = lstm.weight_hh_l0.to(dtype).t()  # (H, 4H)
