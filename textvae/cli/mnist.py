@@ -10,9 +10,8 @@ or a single image file; without ``--data`` training uses the embedded sample
 ``data/mnist/mnist_5k.npz`` and the other commands the run's own data. The
 figures are PNG files whose paths are printed on stdout.
 
-Argument parsing over ``image/``: the data in ``image/splits.py``, the
-evaluation in ``image/evaluate.py``, training through the flow that
-``textvae train`` uses too (``launch.py``).
+Argument parsing over ``image/`` (data: ``splits.py``, evaluation:
+``evaluate.py``); training runs the flow of ``textvae train`` (``launch.py``).
 """
 
 from __future__ import annotations
@@ -105,7 +104,6 @@ def _common(p: argparse.ArgumentParser, data: bool = True, png: bool = True) -> 
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
 
 
-# ---------------------------------------------------------------- train
 def _train(args: argparse.Namespace) -> int:
     return launch.train(args, IMAGE_RUN)
 
@@ -132,7 +130,6 @@ def _trainer(model: ConvVAE, config: ImageConfig, run_dir: Path, data: Optional[
 IMAGE_RUN = launch.RunKind("image", "textvae mnist train", "image", ConvVAE, _start, _trainer)
 
 
-# -------------------------------------------------------------- eval
 def _load(args: argparse.Namespace) -> ConvVAE:
     return ConvVAE.from_pretrained(args.run, device=resolve_device(args.device))
 
@@ -156,7 +153,6 @@ def _eval(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=2))
 
 
-# -------------------------------------------------------------- figures
 def _png(args: argparse.Namespace, default: str) -> Path:
     return Path(args.out) if args.out else Path(args.run) / default
 
@@ -166,10 +162,10 @@ def _sample(args: argparse.Namespace) -> None:
         raise TextVAEError("-n must be >= 1")
     check_temperature(args.prior_temperature)
     model = _load(args)
-    images = model.sample(args.n, torch.Generator().manual_seed(args.seed), args.prior_temperature)
-    spread = "I" if args.prior_temperature == 1 else f"{args.prior_temperature:g}^2 I"
+    t = args.prior_temperature
+    images = model.sample(args.n, torch.Generator().manual_seed(args.seed), t)
     print(save_grid(images, _png(args, "samples.png"), math.ceil(math.sqrt(args.n)),
-                    f"{args.n} samples, z ~ N(0, {spread}), pixel probabilities"))
+                    f"{args.n} samples, z ~ N(0, {'I' if t == 1 else f'{t:g}^2 I'}), pixel probabilities"))
 
 
 def _reconstruct(args: argparse.Namespace) -> None:
