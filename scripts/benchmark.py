@@ -219,24 +219,30 @@ def bench_case(name: str, overrides: list[str], splits, tokenizer, args) -> None
         peak = projection_peak(model.decoder.output, ctx)
         bound = 2 * model.decoder.output.weight.numel() * targets * args.iw_samples / peak
         result[f"projection_peak_gflops_{precision}"] = round(peak / 1e9, 1)
-        # `textvae eval`'s estimates take the compiled scoring kernel
-        # (nn/fused_scoring.py); "eager" is the same code without it. A
-        # first pass (the kernel's compile, once a process and shape, and a
-        # warm-up) is timed on its own.
-        for kernel in ("compiled", "eager"):
-            suffix = precision if kernel == "compiled" else f"{precision}_eager"
+        # `textvae eval`'s estimates take the compiled kernels
+        # (nn/fused_scoring.py, nn/lstm.py); "eager" is the same code without
+        # them. A first pass (the compiles, once a process and shape, and a
+        # warm-up) is timed on its own; then the two alternate for two
+        # rounds, the best of each kept, so that both see the same machine.
+        kernels = {"compiled": precision, "eager": f"{precision}_eager"}
+        best = {}
+        for kernel in kernels:
             with torch.no_grad(), ctx(), fused_scoring(kernel == "compiled"):
                 start = time.perf_counter()
                 importance_weighted_log_likelihood(model, batches[0], 50, 50)  # compiles, warms up
                 if kernel == "compiled":
                     result[f"iw_first_pass_s_{precision}"] = round(time.perf_counter() - start, 1)
-                start, count = time.perf_counter(), 0
-                for batch in batches:
-                    importance_weighted_log_likelihood(model, batch, args.iw_samples, 50)
-                    count += len(batch)
-            seconds = time.perf_counter() - start
-            result[f"iw_nll_sentences_per_s_{suffix}"] = round(count / seconds, 2)
-            result[f"iw_nll_over_roofline_{suffix}"] = round(seconds / bound, 2)
+        for _ in range(2):
+            for kernel in kernels:
+                with torch.no_grad(), ctx(), fused_scoring(kernel == "compiled"):
+                    start = time.perf_counter()
+                    for batch in batches:
+                        importance_weighted_log_likelihood(model, batch, args.iw_samples, 50)
+                    best[kernel] = min(best.get(kernel, float("inf")), time.perf_counter() - start)
+        count = sum(len(batch) for batch in batches)
+        for kernel, suffix in kernels.items():
+            result[f"iw_nll_sentences_per_s_{suffix}"] = round(count / best[kernel], 2)
+            result[f"iw_nll_over_roofline_{suffix}"] = round(best[kernel] / bound, 2)
     result["iw_kernel_compiled"] = not fused_scoring_unavailable()  # False: "compiled" ran eager
     result["iw_speedup"] = round(result["iw_nll_sentences_per_s_bf16"] / result["iw_nll_sentences_per_s_fp32"], 2)
     # Generation (prior samples, sampling, batch 64).
