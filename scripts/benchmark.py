@@ -29,7 +29,9 @@ import resource
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +43,7 @@ from textvae.evaluation.likelihood import importance_weighted_log_likelihood
 from textvae.generation import GenerationConfig, generate
 from textvae.model import TextVAE
 from textvae.nn.fused_scoring import fused_scoring, unavailable as fused_scoring_unavailable
+from textvae.nn.lstm import CELL
 from textvae.nn.output import CHUNK_LOGITS, ScreenedArgmax
 from textvae.operations import sample_stream
 from textvae.objectives import elbo_loss
@@ -176,6 +179,41 @@ def time_greedy(model: TextVAE, tokenizer, n: int = 1024) -> dict:
             "greedy_mean_tokens": round(sum(len(tokenizer.encode(line)) for line in lines["screened"]) / n, 1)}
 
 
+@contextmanager
+def without_cell(off: bool) -> Iterator[None]:
+    """The LSTM's compiled cell off inside (the scoring kernel stays on)."""
+    before, CELL.broken = CELL.broken, CELL.broken or off
+    try:
+        yield
+    finally:
+        CELL.broken = before
+
+
+IW_MODES = {"compiled": (True, False), "scoring_only": (True, True), "eager": (False, False)}  # (kernels on, cell off)
+
+
+def time_iw(model: TextVAE, batches: list, ctx, samples: int, rounds: int = 2) -> dict[str, float]:
+    """Seconds of IW-NLL over ``batches`` in each of IW_MODES: `textvae
+    eval`'s compiled kernels (nn/fused_scoring.py, nn/lstm.py), the scoring
+    kernel alone, and the same code eager. A first pass of each (the
+    compiles, once a process and shape, and a warm-up) is timed apart
+    ("first_pass": the compiled one's); then the modes alternate for
+    ``rounds`` rounds, the best of each kept, so that all see the same machine."""
+    seconds: dict[str, float] = {}
+    for r in range(rounds + 1):
+        for mode, (kernels, cell_off) in IW_MODES.items():
+            with torch.no_grad(), ctx(), fused_scoring(kernels), without_cell(cell_off):
+                start = time.perf_counter()
+                if r == 0:
+                    importance_weighted_log_likelihood(model, batches[0], 50, 50)  # compiles, warms up
+                    seconds.setdefault("first_pass", time.perf_counter() - start)
+                    continue
+                for batch in batches:
+                    importance_weighted_log_likelihood(model, batch, samples, 50)
+                seconds[mode] = min(seconds.get(mode, float("inf")), time.perf_counter() - start)
+    return seconds
+
+
 def bench_case(name: str, overrides: list[str], splits, tokenizer, args) -> None:
     steps = args.steps + args.warmup
     config, model, train, ours, step = textvae_training(args.config_for[name], overrides, splits, tokenizer, steps)
@@ -219,30 +257,13 @@ def bench_case(name: str, overrides: list[str], splits, tokenizer, args) -> None
         peak = projection_peak(model.decoder.output, ctx)
         bound = 2 * model.decoder.output.weight.numel() * targets * args.iw_samples / peak
         result[f"projection_peak_gflops_{precision}"] = round(peak / 1e9, 1)
-        # `textvae eval`'s estimates take the compiled kernels
-        # (nn/fused_scoring.py, nn/lstm.py); "eager" is the same code without
-        # them. A first pass (the compiles, once a process and shape, and a
-        # warm-up) is timed on its own; then the two alternate for two
-        # rounds, the best of each kept, so that both see the same machine.
-        kernels = {"compiled": precision, "eager": f"{precision}_eager"}
-        best = {}
-        for kernel in kernels:
-            with torch.no_grad(), ctx(), fused_scoring(kernel == "compiled"):
-                start = time.perf_counter()
-                importance_weighted_log_likelihood(model, batches[0], 50, 50)  # compiles, warms up
-                if kernel == "compiled":
-                    result[f"iw_first_pass_s_{precision}"] = round(time.perf_counter() - start, 1)
-        for _ in range(2):
-            for kernel in kernels:
-                with torch.no_grad(), ctx(), fused_scoring(kernel == "compiled"):
-                    start = time.perf_counter()
-                    for batch in batches:
-                        importance_weighted_log_likelihood(model, batch, args.iw_samples, 50)
-                    best[kernel] = min(best.get(kernel, float("inf")), time.perf_counter() - start)
+        seconds = time_iw(model, batches, ctx, args.iw_samples)
+        result[f"iw_first_pass_s_{precision}"] = round(seconds.pop("first_pass"), 1)
         count = sum(len(batch) for batch in batches)
-        for kernel, suffix in kernels.items():
-            result[f"iw_nll_sentences_per_s_{suffix}"] = round(count / best[kernel], 2)
-            result[f"iw_nll_over_roofline_{suffix}"] = round(best[kernel] / bound, 2)
+        for mode, took in seconds.items():
+            suffix = precision if mode == "compiled" else f"{precision}_{mode}"
+            result[f"iw_nll_sentences_per_s_{suffix}"] = round(count / took, 2)
+            result[f"iw_nll_over_roofline_{suffix}"] = round(took / bound, 2)
     result["iw_kernel_compiled"] = not fused_scoring_unavailable()  # False: "compiled" ran eager
     result["iw_speedup"] = round(result["iw_nll_sentences_per_s_bf16"] / result["iw_nll_sentences_per_s_fp32"], 2)
     # Generation (prior samples, sampling, batch 64).
