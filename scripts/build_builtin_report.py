@@ -110,6 +110,14 @@ def _row(name: str, f: dict) -> str:
             f"{f['mean_length']:.2f} | {known} |")
 
 
+def _temperature(row) -> float:
+    return row.get("prior_temperature", 1.0) if isinstance(row, dict) else 1.0
+
+
+def _at(row: dict) -> str:
+    return f" at temperature {_temperature(row):g}" if _temperature(row) != 1 else ""
+
+
 def _markdown(r: dict) -> str:
     v, lm, fl = r["vae_eval"], r["lm_eval"], r["fluency"]
     vt, lt = r["vae_train"], r["lm_train"]
@@ -158,11 +166,12 @@ def _markdown(r: dict) -> str:
         "decoder spelt from BPE pieces), against the test sentences'; and the LM's own samples, which show what "
         "a decoder of this size and training reads like with no latent at all. \"known words\" rows hold decoding to "
         "the training corpus's words (`--known-words`, textvae/lexicon.py); the others let BPE pieces spell anything."
-        + (" `textvae sample` gives the known-words samples (the config's `model.known_words`); the ship rule "
-           "judges those." if fl.get("default_samples") == "mixture_known_sample" else "")
+        + (" The row marked `textvae sample` is what the command gives (the config's `model.known_words`, "
+           "`model.sample_strategy` and `model.prior_temperature`); the ship rule judges that row."
+           if fl.get("default_samples") else "")
         + (" Rows at a prior temperature T draw z with each mixture component's spread scaled by T "
            "(`--prior-temperature T`, Kingma & Dhariwal 2018): nearer the codes of the training sentences."
-           if any(key.startswith("mixture_known_sample_t") for key in fl) else ""),
+           if any("_t0" in key for key in fl) else ""),
         "",
         "| sentences | LM NLL / word | distinct-1 | distinct-2 | mean length | known words |",
         "|---|---|---|---|---|---|",
@@ -170,11 +179,10 @@ def _markdown(r: dict) -> str:
         _row("test split (1,000 drawn)", fl["test_sample_1000"]),
         _row("mixture prior, sampled decoding", fl["mixture_sample"]),
         _row("mixture prior, greedy decoding", fl["mixture_greedy"]),
-        *([_row("mixture prior, known words, sampled", fl["mixture_known_sample"]),
-           _row("mixture prior, known words, greedy", fl["mixture_known_greedy"])]
-          if "mixture_known_sample" in fl else []),
-        *[_row(f"mixture prior at temperature {row['prior_temperature']:g}, known words, sampled", row)
-          for key, row in fl.items() if key.startswith("mixture_known_sample_t")],
+        *[_row(f"mixture prior{_at(row)}, known words, {'sampled' if '_sample' in key else 'greedy'}"
+               + (" (`textvae sample`)" if key == fl.get("default_samples") else ""), row)
+          for key, row in sorted(fl.items(), key=lambda item: ("_greedy" in item[0], -_temperature(item[1])))
+          if key.startswith(("mixture_known_sample", "mixture_known_greedy"))],
         _row("N(0, I) prior, sampled decoding", fl["normal_sample"]),
         _row("N(0, I) prior, greedy decoding", fl["normal_greedy"]),
         *([_row("the LM's own samples", fl["lm_sample"])] if "lm_sample" in fl else []),

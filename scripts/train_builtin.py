@@ -22,7 +22,7 @@ Stages (each one skipped when its output exists, so a stopped run continues):
   fluency  1,000 prior samples: NLL per word under the LM, distinct-1/2, the
            share of words the training corpus has (not spelt from pieces) and
            mean length, against the test split's; mixture vs N(0, I) prior,
-           and the mixture at prior temperatures 0.7 and 0.5
+           and the mixture at prior temperatures 0.7 and 0.5, sampled and greedy
   showcase prior samples, completions and interpolations, as a user runs them
   export   textvae/pretrained/wordnet (bf16 weights, card.json) and
            results/builtin.md / .json
@@ -172,13 +172,22 @@ def fluency(args, out: Path) -> dict:
             result[f"{prior_name}_{strategy}"] = {**figures(samples), "examples": samples[:5]}
     vae.prior = mixture
     # Held to the corpus's words, at T = 1 and nearer the mixture's modes (`--prior-temperature`).
-    for strategy, temperature in [("sample", 1.0), ("greedy", 1.0)] + [("sample", t) for t in PRIOR_TEMPERATURES]:
-        samples = vae.sample(1000, seed=0, strategy=strategy, words=True, prior_temperature=temperature)
-        key = f"mixture_known_{strategy}" + (f"_t{temperature:g}" if temperature != 1 else "")
-        result[key] = {**figures(samples), "examples": samples[:5], "prior_temperature": temperature}
-    # The samples `textvae sample` gives (model.known_words): what the ship rule judges.
-    result["default_samples"] = "mixture_known_sample" if vae.config.model.known_words else "mixture_sample"
+    chosen = vae.config.model  # how `textvae sample` decodes this model (sample_strategy, prior_temperature)
+    temperatures = sorted({1.0, *PRIOR_TEMPERATURES, chosen.prior_temperature}, reverse=True)
+    for strategy in ("sample", "greedy"):
+        for temperature in temperatures:
+            samples = vae.sample(1000, seed=0, strategy=strategy, words=True, prior_temperature=temperature)
+            result[sample_key(strategy, temperature, True)] = {**figures(samples), "examples": samples[:5],
+                                                               "prior_temperature": temperature}
+    # The samples `textvae sample` gives (the run's model.known_words, sample_strategy and
+    # prior_temperature): what the ship rule judges.
+    result["default_samples"] = sample_key(chosen.sample_strategy, chosen.prior_temperature, chosen.known_words)
     return result
+
+
+def sample_key(strategy: str, temperature: float, known_words: bool) -> str:
+    """The fluency row of mixture samples decoded this way."""
+    return f"mixture{'_known' if known_words else ''}_{strategy}" + (f"_t{temperature:g}" if temperature != 1 else "")
 
 
 def export(args, out: Path, report: dict) -> None:

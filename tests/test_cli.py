@@ -63,6 +63,18 @@ def test_sample(cli, trained_run):
     model = TextVAE.from_pretrained(trained_run)
     assert cooled.code == 0 and cooled.out_lines == model.sample(8, seed=0, prior_temperature=0.1)
     assert cooled.out_lines != model.sample(8, seed=0)
+    # The run's own decoding defaults (model.sample_strategy, model.prior_temperature) hold unless a flag says.
+    config = json.loads((trained_run / "config.json").read_text())
+    kept = (trained_run / "config.json").read_text()
+    try:
+        config["model"].update(sample_strategy="greedy", prior_temperature=0.1)
+        (trained_run / "config.json").write_text(json.dumps(config))
+        assert cli("sample", trained_run, "-n", "8", "--seed", "0").out_lines == \
+            model.sample(8, seed=0, strategy="greedy", prior_temperature=0.1)
+        assert cli("sample", trained_run, "-n", "8", "--seed", "0", "--strategy", "sample",
+                   "--prior-temperature", "1").out_lines == model.sample(8, seed=0)
+    finally:
+        (trained_run / "config.json").write_text(kept)
     for bad in ("0", "-1", "nan"):
         refused = cli("sample", trained_run, "-n", "3", "--prior-temperature", bad)
         assert refused.code != 0 and refused.out == "" and "prior temperature" in refused.err

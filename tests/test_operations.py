@@ -3,8 +3,8 @@
 prefix and starts a new word unless asked, interpolation starts and ends at
 the reconstructions and slerp keeps to the sphere, a language model samples
 and completes but has no latent to interpolate, sampling streams in chunks
-from one random stream, lengths are bounded, and a prior temperature scales
-the prior's draw."""
+from one random stream, lengths are bounded, a prior temperature scales
+the prior's draw, and the run's config decides how sample decodes unless told."""
 
 import pytest
 import torch
@@ -41,6 +41,24 @@ def test_prior_temperature_decodes_the_cooled_draw(tiny_model, monkeypatch):
     assert cooled == operations.decode(tiny_model, 0.3 * eps) and full == operations.decode(tiny_model, eps)
     with pytest.raises(TextVAEError, match="prior temperature"):
         decode(tiny_model, n=2, prior_temperature=0)
+
+
+def test_the_run_decides_how_sample_and_complete_decode_unless_told(tiny_model):
+    """model.sample_strategy and model.prior_temperature are the defaults of
+    sample (and the strategy of complete); a keyword argument wins."""
+    import dataclasses
+
+    plain = tiny_model.config.model
+    try:
+        tiny_model.config.model = dataclasses.replace(plain, sample_strategy="greedy", prior_temperature=0.5)
+        chosen = tiny_model.sample(6, seed=4)
+        assert chosen == tiny_model.sample(6, seed=4, strategy="greedy", prior_temperature=0.5)
+        assert chosen != tiny_model.sample(6, seed=4, strategy="sample", prior_temperature=1.0)
+        greedy = tiny_model.complete("the dog", n=3, seed=2, proposals=16)
+        assert greedy == tiny_model.complete("the dog", n=3, seed=2, proposals=16, strategy="greedy")
+    finally:
+        tiny_model.config.model = plain
+    assert tiny_model.sample(6, seed=4) == tiny_model.sample(6, seed=4, strategy="sample", prior_temperature=1.0)
 
 
 def test_complete_keeps_the_prefix(tiny_model):

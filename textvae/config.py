@@ -94,6 +94,11 @@ class ModelConfig:
     # lexicon.py): no made-up words from sub-word pieces. Off by default: it
     # also rules out any word the corpus lacks. `--known-words` / `--any-words`.
     known_words: bool = False
+    # How `sample` and `complete` decode where the call does not say (flags and
+    # keyword arguments win): greedy decoding of z near the mixture's modes
+    # reads best for the built-in model (configs/builtin/wordnet.yaml).
+    sample_strategy: str = "sample"  # greedy, sample or beam
+    prior_temperature: float = 1.0  # `sample`: the prior's spread around its modes scaled by this (prior.py)
 
     def __post_init__(self) -> None:
         for name in ("embed_dim", "hidden_dim", "encoder_layers", "decoder_layers", "num_heads",
@@ -106,6 +111,8 @@ class ModelConfig:
         _choice("model.pooling", self.pooling, ("mean", "first", "attention"))
         _choice("model.prior", self.prior, ("normal", "gmm"))
         _check(self.prior_components >= 1, "model.prior_components must be >= 1")
+        _choice("model.sample_strategy", self.sample_strategy, ("greedy", "sample", "beam"))
+        _check(0 < self.prior_temperature < float("inf"), "model.prior_temperature must be a finite number > 0")
         _choice("model.latent_injection", self.latent_injection, ("embedding", "memory", "both"))
         _check(0.0 <= self.dropout < 1.0, "model.dropout must be in [0, 1)")
         _check(0.0 <= self.word_dropout <= 1.0, "model.word_dropout must be in [0, 1]")

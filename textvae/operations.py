@@ -86,14 +86,17 @@ def sample_stream(model, n: int, seed: Optional[int] = None, chunk: int = SAMPLE
 
 
 @torch.no_grad()
-def sample(model, n: int = 10, strategy: str = "sample", seed: Optional[int] = None,
+def sample(model, n: int = 10, strategy: Optional[str] = None, seed: Optional[int] = None,
            max_length: Optional[int] = None, generator: Optional[torch.Generator] = None,
-           prior_temperature: float = 1.0, **options) -> list[str]:
-    """n sentences: z from the model's prior (N(0, I), or its fitted mixture), then decoded (sampled by default).
+           prior_temperature: Optional[float] = None, **options) -> list[str]:
+    """n sentences: z from the model's prior (N(0, I), or its fitted mixture), then decoded.
     ``generator`` (instead of ``seed``) continues a random stream; ``prior_temperature``
     T < 1 draws z nearer the prior's modes (prior.py; the decoding's own
-    ``temperature`` is another thing)."""
+    ``temperature`` is another thing). ``strategy`` and ``prior_temperature``
+    default to the run's ``model.sample_strategy`` and ``model.prior_temperature``."""
     model.eval()
+    strategy = strategy or model.config.model.sample_strategy
+    prior_temperature = model.config.model.prior_temperature if prior_temperature is None else prior_temperature
     check_temperature(prior_temperature)
     generator = generator if generator is not None else _generator(model, seed)
     z = None
@@ -170,14 +173,16 @@ def posterior_given_prefix(model, prefix_ids: list[int], n: int, proposals: int 
 
 
 @torch.no_grad()
-def complete(model, prefix: str, n: int = 5, strategy: str = "sample", seed: Optional[int] = None,
+def complete(model, prefix: str, n: int = 5, strategy: Optional[str] = None, seed: Optional[int] = None,
              max_length: Optional[int] = None, proposals: int = 512, continue_word: bool = False,
              **options) -> list[str]:
     """n continuations of ``prefix`` from the model's own distribution: z from
     p(z | prefix), then the continuation decoded after the forced prefix.
     A prefix that ends in a letter or digit is taken as ending with a whole
-    word (the continuation starts a new one) unless ``continue_word``."""
+    word (the continuation starts a new one) unless ``continue_word``.
+    ``strategy`` defaults to the run's ``model.sample_strategy``."""
     model.eval()
+    strategy = strategy or model.config.model.sample_strategy
     if not prefix.strip():
         raise TextVAEError("the prefix to complete is empty")
     prefix_ids = model.tokenizer.encode(prefix)

@@ -33,8 +33,10 @@ def _common(p: argparse.ArgumentParser, decoding: str) -> None:
     p.add_argument("run", metavar="RUN", help="run directory of a trained model")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     if decoding:
-        p.add_argument("--strategy", choices=("greedy", "sample", "beam"), default=decoding,
-                       help=f"decoding (default {decoding})")
+        run_default = decoding == "run"  # sample, complete: the run's model.sample_strategy
+        p.add_argument("--strategy", choices=("greedy", "sample", "beam"), default=None if run_default else decoding,
+                       help="decoding (default: the run's model.sample_strategy, sample unless set)" if run_default
+                       else f"decoding (default {decoding})")
         p.add_argument("--temperature", type=float, default=1.0)
         p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: all)")
         p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: off)")
@@ -65,10 +67,11 @@ def set_refine(model, steps) -> None:
 
 def register(commands) -> None:
     p = commands.add_parser("sample", help="sentences decoded from z drawn from the prior")
-    _common(p, "sample")
+    _common(p, "run")
     p.add_argument("-n", type=int, default=10, help="how many sentences")
-    p.add_argument("--prior-temperature", type=float, default=1.0, metavar="T",
-                   help="draw z with the prior's spread scaled by T (< 1: nearer its modes; default 1)")
+    p.add_argument("--prior-temperature", type=float, default=None, metavar="T",
+                   help="draw z with the prior's spread scaled by T (< 1: nearer its modes; "
+                        "default: the run's model.prior_temperature, 1 unless set)")
     p.set_defaults(handler=_sample)
 
     p = commands.add_parser("reconstruct", help="decode sentences from their posterior mean")
@@ -84,7 +87,7 @@ def register(commands) -> None:
     p.set_defaults(handler=_encode)
 
     p = commands.add_parser("complete", help="continuations of a prefix drawn from p(z | prefix)")
-    _common(p, "sample")
+    _common(p, "run")
     p.add_argument("prefix", metavar="PREFIX")
     p.add_argument("-n", type=int, default=5, help="how many completions")
     p.add_argument("--proposals", type=int, default=512, help="importance samples of z for p(z | prefix)")
@@ -164,10 +167,11 @@ def _sample(args: argparse.Namespace) -> None:
         raise TextVAEError("-n must be >= 1")
     from ..operations import sample_stream
 
-    check_temperature(args.prior_temperature)
+    if args.prior_temperature is not None:
+        check_temperature(args.prior_temperature)
     options = {**_options(args), "prior_temperature": args.prior_temperature}
     model = _load(args, options)
-    if not model.has_latent and args.prior_temperature != 1:
+    if not model.has_latent and args.prior_temperature not in (None, 1):
         log.info("this model has no latent: --prior-temperature changes nothing")
     for lines in sample_stream(model, args.n, **options):  # the first lines come out at once
         _emit(lines)

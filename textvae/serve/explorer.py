@@ -182,7 +182,7 @@ class Explorer:
             z = torch.lerp(means[0].expand(steps, -1), means[1].expand(steps, -1), t.unsqueeze(1))
         return {"sentences": self._decode(z, decoding), "z": _rounded(z)}
 
-    def sample(self, n: int, decoding: dict[str, Any], prior_temperature: float = 1.0) -> dict[str, Any]:
+    def sample(self, n: int, decoding: dict[str, Any], prior_temperature: Optional[float] = None) -> dict[str, Any]:
         self._within(n, "n", 1, self.limits.max_n)
         return {"sentences": self._call(operations.sample, n, prior_temperature=prior_temperature, **decoding)}
 

@@ -52,13 +52,13 @@ class InterpolateRequest(Decoding):
 
 
 class SampleRequest(Decoding):
-    strategy: Strategy = "sample"
+    strategy: Optional[Strategy] = None  # None: the run's model.sample_strategy
     n: int = 8
-    prior_temperature: float = Field(1.0, gt=0)  # z's spread around the prior's modes (prior.py)
+    prior_temperature: Optional[float] = Field(None, gt=0)  # z's spread around the prior's modes (prior.py)
 
 
 class CompleteRequest(Decoding):
-    strategy: Strategy = "sample"
+    strategy: Optional[Strategy] = None
     prefix: str
     n: int = 4
 
