@@ -171,7 +171,7 @@ def _markdown(r: dict) -> str:
            if fl.get("default_samples") else "")
         + (" Rows at a prior temperature T draw z with each mixture component's spread scaled by T "
            "(`--prior-temperature T`, Kingma & Dhariwal 2018): nearer the codes of the training sentences."
-           if any("_t0" in key for key in fl) else ""),
+           if any(_temperature(row) != 1 for row in fl.values()) else ""),
         "",
         "| sentences | LM NLL / word | distinct-1 | distinct-2 | mean length | known words |",
         "|---|---|---|---|---|---|",

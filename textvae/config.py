@@ -95,8 +95,8 @@ class ModelConfig:
     # also rules out any word the corpus lacks. `--known-words` / `--any-words`.
     known_words: bool = False
     # How `sample` and `complete` decode where the call does not say (flags and
-    # keyword arguments win): greedy decoding of z near the mixture's modes
-    # reads best for the built-in model (configs/builtin/wordnet.yaml).
+    # keyword arguments win): a model can ship with the decoding its samples
+    # read best under (e.g. greedy, z nearer the prior's modes).
     sample_strategy: str = "sample"  # greedy, sample or beam
     prior_temperature: float = 1.0  # `sample`: the prior's spread around its modes scaled by this (prior.py)
 
