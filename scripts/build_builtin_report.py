@@ -87,9 +87,12 @@ def build_report(out: Path, report: dict, args) -> dict:
         "sample NLL per word under the LM": f"{shown_samples(fluency)['nll_per_word']:.2f} "
                                             f"(test sentences: {fluency['test_split']['nll_per_word']:.2f})",
     }
+    if shown_samples(fluency).get("new") is not None:
+        figures["samples that are no training sentence"] = f"{100 * shown_samples(fluency)['new']:.1f}%"
     card = {
         "description": "LSTM sentence VAE of WordNet's example sentences (lowercased BPE, 128-d latent, "
-                       "mixture prior), trained with WordNet's lemmas and glosses; reconstructs held-out sentences",
+                       f"{PRIOR_NAMES[fluency.get('prior_kind', 'gmm')]}), trained with WordNet's lemmas and "
+                       "glosses; reconstructs held-out sentences",
         "figures": figures,
         "example": "textvae sample wordnet -n 5",
         "trained_by": command,
@@ -106,8 +109,22 @@ def build_report(out: Path, report: dict, args) -> dict:
 
 def _row(name: str, f: dict) -> str:
     known = f"{100 * f['known_words']:.1f}%" if "known_words" in f else "–"
+    new = f"{100 * f['new']:.1f}%" if "new" in f else "–"
+    new_nll = f"{f['new_nll_per_word']:.2f}" if f.get("new_nll_per_word") is not None else "–"
     return (f"| {name} | {f['nll_per_word']:.2f} | {f['distinct_1']:.3f} | {f['distinct_2']:.3f} | "
-            f"{f['mean_length']:.2f} | {known} |")
+            f"{f['mean_length']:.2f} | {known} | {new} | {new_nll} |")
+
+
+PRIOR_NAMES = {"gmm": "mixture prior", "exemplar": "exemplar prior"}
+DECODING = {"sample": "sampled", "greedy": "greedy", "beam": "beam search"}
+
+
+def _decoding(key: str) -> str | None:
+    """The decoding of a known-words row of the fitted prior (train_builtin.sample_key), else None."""
+    for strategy in DECODING:
+        if key.startswith(f"mixture_known_{strategy}"):
+            return strategy
+    return None
 
 
 def _temperature(row) -> float:
@@ -120,6 +137,7 @@ def _at(row: dict) -> str:
 
 def _markdown(r: dict) -> str:
     v, lm, fl = r["vae_eval"], r["lm_eval"], r["fluency"]
+    fitted = PRIOR_NAMES[fl.get("prior_kind", "gmm")]
     vt, lt = r["vae_train"], r["lm_train"]
     lines = [
         "# The built-in `wordnet` model",
@@ -133,7 +151,7 @@ def _markdown(r: dict) -> str:
         "the same database (`data/wordnet/lemmas.txt`, `glosses.txt`, extracted by "
         "`scripts/extract_wordnet_dictionary.py`; nothing equal to a held-out sentence): the lemmas show it how "
         "every word of the dictionary is spelt, which the held-out sentences need (36% of the test sentences "
-        "have a word that no training sentence has). The mixture prior is fitted to the example sentences "
+        f"have a word that no training sentence has). The {fitted} is fitted to the example sentences "
         "only, and the LM is trained on them only.",
         "",
         f"Reproduce: `{r['command']}` ({r['machine']}). All figures below come from that run.",
@@ -142,13 +160,13 @@ def _markdown(r: dict) -> str:
         "",
         "| model | NLL (IW, 500) | PPL (words) | ELBO | KL | MI | AU | exact match | BLEU | train time |",
         "|---|---|---|---|---|---|---|---|---|---|",
-        f"| VAE + mixture prior | {v['nll']:.2f} | {v.get('ppl_word', float('nan')):.1f} | {v['elbo']:.2f} | "
+        f"| VAE + {fitted} | {v['nll']:.2f} | {v.get('ppl_word', float('nan')):.1f} | {v['elbo']:.2f} | "
         f"{v['kl']:.2f} | {v['mi']:.2f} | {v['au']}/{len(v['au_variances'])} | {100 * v['exact_match']:.1f}% | "
         f"{v['bleu']:.1f} | {vt['train_seconds'] / 60:.1f} min |",
         f"| LM, same decoder, no latent | {lm['nll']:.2f} | {lm.get('ppl_word', float('nan')):.1f} | – | – | – | – | "
         f"– | – | {lt['train_seconds'] / 60:.1f} min |",
         "",
-        "NLL in nats per sentence; for the VAE, log p(z) in the importance weights is the fitted mixture's density "
+        f"NLL in nats per sentence; for the VAE, log p(z) in the importance weights is the {fitted}'s density "
         "(the NLL of the two-stage model). Exact match: greedy decoding from the posterior mean"
         + (f" (refined by {v['settings']['refine_steps']} steps, textvae/inference.py)"
            if v["settings"].get("refine_steps") else "")
@@ -163,26 +181,29 @@ def _markdown(r: dict) -> str:
         "word, end of sentence included; lower reads more like the corpus), distinct-1/2, mean length in "
         "words and the share of words that the training corpus has (sentences, lemmas, glosses; punctuation at "
         "either end aside; the others the "
-        "decoder spelt from BPE pieces), against the test sentences'; and the LM's own samples, which show what "
+        "decoder spelt from BPE pieces), the share of samples that are new (no line of the training corpus, case "
+        "and spacing aside) and the LM's NLL per word of the new ones alone, against the test sentences'; and the "
+        "LM's own samples, which show what "
         "a decoder of this size and training reads like with no latent at all. \"known words\" rows hold decoding to "
         "the training corpus's words (`--known-words`, textvae/lexicon.py); the others let BPE pieces spell anything."
         + (" The row marked `textvae sample` is what the command gives (the config's `model.known_words`, "
            "`model.sample_strategy` and `model.prior_temperature`); the ship rule judges that row."
            if fl.get("default_samples") else "")
-        + (" Rows at a prior temperature T draw z with each mixture component's spread scaled by T "
+        + (" Rows at a prior temperature T draw z with each component's spread scaled by T "
            "(`--prior-temperature T`, Kingma & Dhariwal 2018): nearer the codes of the training sentences."
            if any(_temperature(row) != 1 for row in fl.values()) else ""),
         "",
-        "| sentences | LM NLL / word | distinct-1 | distinct-2 | mean length | known words |",
-        "|---|---|---|---|---|---|",
+        "| sentences | LM NLL / word | distinct-1 | distinct-2 | mean length | known words | new | new: LM NLL / word |",
+        "|---|---|---|---|---|---|---|---|",
         _row("test split (all)", fl["test_split"]),
         _row("test split (1,000 drawn)", fl["test_sample_1000"]),
-        _row("mixture prior, sampled decoding", fl["mixture_sample"]),
-        _row("mixture prior, greedy decoding", fl["mixture_greedy"]),
-        *[_row(f"mixture prior{_at(row)}, known words, {'sampled' if '_sample' in key else 'greedy'}"
+        _row(f"{fitted}, sampled decoding", fl["mixture_sample"]),
+        _row(f"{fitted}, greedy decoding", fl["mixture_greedy"]),
+        *[_row(f"{fitted}{_at(row)}, known words, {DECODING[_decoding(key)]}"
                + (" (`textvae sample`)" if key == fl.get("default_samples") else ""), row)
-          for key, row in sorted(fl.items(), key=lambda item: ("_greedy" in item[0], -_temperature(item[1])))
-          if key.startswith(("mixture_known_sample", "mixture_known_greedy"))],
+          for key, row in sorted(fl.items(), key=lambda item: (list(DECODING).index(_decoding(item[0]) or "sample"),
+                                                               -_temperature(item[1])))
+          if _decoding(key)],
         _row("N(0, I) prior, sampled decoding", fl["normal_sample"]),
         _row("N(0, I) prior, greedy decoding", fl["normal_greedy"]),
         *([_row("the LM's own samples", fl["lm_sample"])] if "lm_sample" in fl else []),

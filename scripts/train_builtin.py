@@ -21,8 +21,9 @@ Stages (each one skipped when its output exists, so a stopped run continues):
   eval     `textvae eval` of both on the test split (500 importance samples)
   fluency  1,000 prior samples: NLL per word under the LM, distinct-1/2, the
            share of words the training corpus has (not spelt from pieces) and
-           mean length, against the test split's; mixture vs N(0, I) prior,
-           and the mixture at prior temperatures 0.7 and 0.5, sampled and greedy
+           mean length, the share that is no training line, against the test
+           split's; the fitted prior vs N(0, I), and the fitted prior at prior
+           temperatures 0.7 and 0.5, sampled, greedy and beam
   showcase prior samples, completions and interpolations, as a user runs them
   export   textvae/pretrained/wordnet (bf16 weights, card.json) and
            results/builtin.md / .json
@@ -147,17 +148,24 @@ def fluency(args, out: Path) -> dict:
     # Every word the VAE was trained on (sentences, lemmas, glosses): a sample's
     # word outside it is one the decoder spelt from BPE pieces, mostly not English.
     # Known: a word whose letters (punctuation at either end aside: "vigilant,") the corpus has.
-    corpus = (out / "corpus" / "train.txt").read_text().lower().split()
+    corpus_lines = (out / "corpus" / "train.txt").read_text().lower().splitlines()
+    corpus = " ".join(corpus_lines).split()
     vocabulary = {w.strip(string.punctuation) for w in corpus} - {""}
+    seen = {" ".join(line.split()) for line in corpus_lines}  # every training line, case and spacing aside
 
     def figures(texts: list[str]) -> dict:
         words = [w for t in texts for w in t.lower().split()]
         cores = [c for c in (w.strip(string.punctuation) for w in words) if c]
+        new = [t for t in texts if " ".join(t.lower().split()) not in seen]
         return {"nll_per_word": nll_per_word(lm, texts), "distinct_1": distinct_n(texts, 1),
                 "distinct_2": distinct_n(texts, 2), "mean_length": len(words) / len(texts),
-                "known_words": sum(c in vocabulary for c in cores) / max(1, len(cores))}
+                "known_words": sum(c in vocabulary for c in cores) / max(1, len(cores)),
+                # A sample that is no line of the training corpus: how many the model makes up,
+                # and how those read under the LM (a prior near the codes can give the corpus back).
+                "new": len(new) / len(texts), "new_nll_per_word": nll_per_word(lm, new) if new else None,
+                "new_examples": new[:5]}
 
-    result = {"test_split": {**figures(test), "sentences": len(test)},
+    result = {"prior_kind": vae.config.model.prior, "test_split": {**figures(test), "sentences": len(test)},
               "test_sample_1000": figures(reference)}
     # What the decoders write alone (words=False), and held to the corpus's words (textvae/lexicon.py).
     lm_words = WordConstraint(lm.tokenizer, set(corpus))
@@ -174,7 +182,7 @@ def fluency(args, out: Path) -> dict:
     # Held to the corpus's words, at T = 1 and nearer the mixture's modes (`--prior-temperature`).
     chosen = vae.config.model  # how `textvae sample` decodes this model (sample_strategy, prior_temperature)
     temperatures = sorted({1.0, *PRIOR_TEMPERATURES, chosen.prior_temperature}, reverse=True)
-    for strategy in ("sample", "greedy"):
+    for strategy in ("sample", "greedy", "beam"):
         for temperature in temperatures:
             samples = vae.sample(1000, seed=0, strategy=strategy, words=True, prior_temperature=temperature)
             result[sample_key(strategy, temperature, True)] = {**figures(samples), "examples": samples[:5],

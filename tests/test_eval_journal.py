@@ -134,3 +134,19 @@ def test_a_stop_in_the_middle_of_a_batch_keeps_the_batches_done(setup, tmp_path)
         likelihood.importance_weighted_log_likelihood = original
     resumed = IWJournal(path)
     assert nll(model, split, resumed) == whole and len(resumed.pieces) == 3
+
+
+def test_the_fingerprint_takes_zero_dimensional_buffers():
+    """A BN-VAE's batch norm counts its batches in a 0-d integer buffer, and a
+    fitted prior flags itself in a 0-d float one: both are fingerprinted, and a
+    change to either changes the fingerprint."""
+    from textvae.evaluation.journal import fingerprint
+
+    model = torch.nn.BatchNorm1d(3)
+    model.register_buffer("fitted", torch.zeros(()))
+    first = fingerprint(model, b"data")
+    assert fingerprint(model, b"data") == first
+    model.num_batches_tracked += 1
+    second = fingerprint(model, b"data")
+    model.fitted.fill_(1.0)
+    assert len({first, second, fingerprint(model, b"data")}) == 3

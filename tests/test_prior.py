@@ -12,7 +12,8 @@ from textvae.evaluation.likelihood import importance_weighted_log_likelihood
 from textvae.latent import standard_normal_log_prob
 from textvae.model import TextVAE
 from textvae.operations import fit_prior
-from textvae.prior import GaussianMixturePrior, StandardNormalPrior, fit_gaussian_mixture, mixture_log_prob
+from textvae.prior import (ExemplarPrior, GaussianMixturePrior, StandardNormalPrior, diagonal_mixture_log_prob,
+                           fit_gaussian_mixture, mixture_log_prob)
 
 from conftest import TRAIN
 
@@ -58,9 +59,45 @@ def test_samples_follow_the_fitted_mixture_and_an_unfitted_one_refuses():
     assert float(prior.log_prob(z).mean()) == pytest.approx(float(prior.log_prob(two_clusters()).mean()), abs=0.1)
 
 
-@pytest.mark.parametrize("kind", ["normal", "gmm"])
+def fitted_exemplars(k=3, dim=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    prior = ExemplarPrior(dim, k)
+    prior.fit(4 * torch.randn(k, dim, generator=g), torch.randn(k, dim, generator=g) * 0.5 - 1)
+    return prior
+
+
+def test_exemplar_density_is_the_mean_of_its_diagonal_gaussians():
+    prior = fitted_exemplars(k=5, dim=4)
+    z = torch.randn(6, 7, 4) * 3
+    components = torch.distributions.Independent(
+        torch.distributions.Normal(prior.means, torch.exp(0.5 * prior.logvars)), 1)
+    reference = torch.logsumexp(components.log_prob(z.unsqueeze(-2)), -1) - torch.log(torch.tensor(5.0))
+    assert torch.allclose(prior.log_prob(z), reference, atol=1e-4)
+    # Far from every code the density still comes out finite and exact (no cancellation).
+    far = prior.means[:1] + 40.0
+    assert torch.allclose(diagonal_mixture_log_prob(far, prior.means, prior.logvars),
+                          torch.logsumexp(components.log_prob(far.unsqueeze(-2)), -1) - torch.log(torch.tensor(5.0)),
+                          rtol=1e-6)
+
+
+def test_exemplar_samples_come_from_one_posterior_each_and_an_unfitted_prior_refuses():
+    with pytest.raises(TextVAEError, match="fit-prior"):
+        ExemplarPrior(2, 3).sample(1)
+    prior = fitted_exemplars(k=3)
+    z = prior.sample(30000, torch.Generator().manual_seed(1))
+    nearest = (z[:, None, :] - prior.means).pow(2).sum(-1).argmin(1)  # the exemplars are far apart
+    counts = torch.bincount(nearest, minlength=3).float() / len(z)
+    assert torch.allclose(counts, torch.full((3,), 1 / 3), atol=0.02)  # uniform weights
+    for k in range(3):  # each component's spread is its posterior's
+        assert torch.allclose(z[nearest == k].std(0), torch.exp(0.5 * prior.logvars[k]), rtol=0.05)
+    with pytest.raises(TextVAEError, match="needs 3 posteriors"):
+        prior.fit(torch.zeros(2, 2), torch.zeros(2, 2))
+
+
+@pytest.mark.parametrize("kind", ["normal", "gmm", "exemplar"])
 def test_prior_temperature_scales_the_spread_around_the_modes(kind):
-    prior = StandardNormalPrior(2) if kind == "normal" else GaussianMixturePrior(2, 2)
+    prior = {"normal": lambda: StandardNormalPrior(2), "gmm": lambda: GaussianMixturePrior(2, 2),
+             "exemplar": fitted_exemplars}[kind]()
     if kind == "gmm":
         prior.fit(two_clusters(), generator=torch.Generator().manual_seed(0))
     draw = lambda t: prior.sample(5000, torch.Generator().manual_seed(1), temperature=t)  # noqa: E731
@@ -109,6 +146,32 @@ def test_fitting_a_model_prior_switches_sampling_and_the_nll_to_it(tiny_model, t
     assert loaded.sample(3, seed=0) == tiny_model.sample(3, seed=0)
 
 
+def test_an_exemplar_prior_holds_posteriors_of_training_sentences(tiny_model, tmp_path):
+    texts = [f"{t} {i}" for i, t in enumerate(TRAIN * 3)]
+    figures = fit_prior(tiny_model, texts, components=5, seed=0, kind="exemplar")
+    assert tiny_model.config.model.prior == "exemplar" and figures["components"] == 5
+    prior = tiny_model.prior
+    assert isinstance(prior, ExemplarPrior) and prior.fitted == 1
+    # Its components are the posteriors of 5 of the sentences, the same 5 for the same seed.
+    chosen = tiny_model.encode(texts)
+    pairs = (prior.means[:, None, :] - chosen.mean[None]).abs().amax(-1)  # (5, N)
+    rows = pairs.argmin(1)
+    assert pairs.amin(1).max() < 1e-5 and len(set(rows.tolist())) == 5
+    assert torch.allclose(prior.logvars, chosen.logvar[rows], atol=1e-5)
+    with pytest.raises(TextVAEError, match="unknown prior kind"):
+        fit_prior(tiny_model, texts, kind="flow")
+    # Saved and loaded with the weights; IW-NLL uses its density.
+    tiny_model.save_pretrained(tmp_path / "run")
+    loaded = TextVAE.from_pretrained(tmp_path / "run")
+    assert isinstance(loaded.prior, ExemplarPrior) and torch.equal(loaded.prior.logvars, prior.logvars)
+    assert loaded.sample(3, seed=0) == tiny_model.sample(3, seed=0)
+    batch = tiny_model.batch(TRAIN[:4])
+    with_exemplars = importance_weighted_log_likelihood(tiny_model, batch, 20, generator=torch.Generator().manual_seed(0))
+    tiny_model.prior = StandardNormalPrior(tiny_model.latent_dim)
+    with_normal = importance_weighted_log_likelihood(tiny_model, batch, 20, generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(with_exemplars, with_normal)
+
+
 def test_fit_prior_command(cli, trained_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
@@ -122,6 +185,13 @@ def test_fit_prior_command(cli, trained_run, tmp_path):
     assert cli("-q", "train", "--resume", run, "--set", "train.epochs=4").code == 0
     assert cli("fit-prior", tmp_path / "missing").code == 2
     assert cli("fit-prior", run, "--components", "0").code == 2
+    # --kind exemplar; afterwards the run's own kind is the default.
+    assert cli("fit-prior", run, "--kind", "exemplar", "--components", "3").code == 0
+    assert json.loads((run / "config.json").read_text())["model"]["prior"] == "exemplar"
+    assert cli("fit-prior", run).code == 0
+    loaded = TextVAE.from_pretrained(run)
+    assert loaded.config.model.prior == "exemplar" and loaded.prior.means.shape[0] == 3
+    assert cli("-q", "sample", run, "-n", "2", "--seed", "0").code == 0
 
 
 # ------------------------------------------------------------ built-in models
@@ -190,3 +260,24 @@ def test_a_config_that_does_not_fit_its_weights_fails_before_building(cli, train
     result = cli("sample", run, "-n", "1")
     assert result.code == 2 and "does not fit its weights" in result.err_lines[-1]
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000  # KiB: nothing of 30000 built
+
+
+def test_completion_searches_every_exemplar(tiny_model, monkeypatch):
+    """With more exemplars than the prior's half of the proposals, completion
+    draws one proposal from each, so the one sentence that fits the prefix is
+    never missed (random draws of 256 from 300 would miss it 43% of the time)."""
+    from textvae import operations
+
+    monkeypatch.setattr(tiny_model, "prior", fitted_exemplars(k=300, dim=tiny_model.latent_dim, seed=1))
+    tiny_model.prior.logvars.fill_(-8.0)  # tight: a draw stays by its own exemplar
+    target = tiny_model.prior.means[137]
+
+    def fits(inputs, targets, mask, z):  # only z by exemplar 137 explains the prefix
+        return torch.where((z - target).norm(dim=-1) < 0.5, 0.0, -1000.0)
+
+    monkeypatch.setattr(tiny_model, "sequence_log_likelihood", fits)
+    prefix = tiny_model.tokenizer.encode("the cat")
+    for seed in range(3):
+        z = operations.posterior_given_prefix(tiny_model, prefix, 4, proposals=512,
+                                              generator=torch.Generator().manual_seed(seed))
+        assert ((z - target).norm(dim=-1) < 0.5).all()

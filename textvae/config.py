@@ -87,7 +87,9 @@ class ModelConfig:
     # p(z) for sampling, completion and IW-NLL (prior.py): "normal" is N(0, I),
     # the prior the VAE trains with; "gmm" a second-stage Gaussian mixture of
     # prior_components fitted to the training sentences' posterior means after
-    # training (Dai & Wipf 2019; `textvae fit-prior RUN`).
+    # training (Dai & Wipf 2019); "exemplar" the posteriors of prior_components
+    # training sentences (Tomczak & Welling 2018; Norouzi et al. 2020). Both
+    # are fitted by `textvae fit-prior RUN [--kind exemplar]`.
     prior: str = "normal"
     prior_components: int = 64
     # Decoding spells only words of the training corpus (tokenizer/words.txt;
@@ -109,7 +111,7 @@ class ModelConfig:
         _choice("model.latent_to_decoder", self.latent_to_decoder, ("init", "input", "both"))
         _choice("model.positions", self.positions, ("learned", "sinusoidal"))
         _choice("model.pooling", self.pooling, ("mean", "first", "attention"))
-        _choice("model.prior", self.prior, ("normal", "gmm"))
+        _choice("model.prior", self.prior, ("normal", "gmm", "exemplar"))
         _check(self.prior_components >= 1, "model.prior_components must be >= 1")
         _choice("model.sample_strategy", self.sample_strategy, ("greedy", "sample", "beam"))
         _check(0 < self.prior_temperature < float("inf"), "model.prior_temperature must be a finite number > 0")

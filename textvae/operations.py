@@ -151,7 +151,10 @@ def posterior_given_prefix(model, prefix_ids: list[int], n: int, proposals: int 
     encoder read on the prefix alone); each is weighted by
     p(z) p(prefix | z) / proposal(z), where p(prefix | z) is the decoder's
     probability of the prefix tokens after bos (no eos), and n are drawn in
-    proportion to the weights. Returns (n, D).
+    proportion to the weights. An exemplar prior with more components than
+    that half gives one draw from each instead (stratified: still a sample of
+    the prior), so that the few training sentences that begin with the prefix
+    are all among the proposals. Returns (n, D).
     """
     device, dim = model.device, model.latent_dim
     tok = model.tokenizer
@@ -159,11 +162,16 @@ def posterior_given_prefix(model, prefix_ids: list[int], n: int, proposals: int 
     batch = TextBatch(framed, torch.tensor([framed.shape[1]], device=device), torch.zeros(1, dtype=torch.long))
     q = model.posterior(batch)  # (1, D)
     half = proposals // 2
-    from_prior = model.prior.sample(proposals - half, generator, device)
+    if hasattr(model.prior, "sample_each") and model.prior.components > proposals - half:
+        from_prior = model.prior.sample_each(generator, device)  # (components, D)
+    else:
+        from_prior = model.prior.sample(proposals - half, generator, device)
     from_q = q.sample(half, generator=generator).squeeze(1)  # (half, D)
     z = torch.cat([from_prior, from_q])  # (K, D)
     log_prior = model.prior.log_prob(z)  # (K,)
-    log_proposal = torch.logaddexp(log_prior, q.log_prob(z.unsqueeze(1)).squeeze(1)) - math.log(2)
+    share = len(from_prior) / len(z)  # the proposal: a mixture of the prior and q in these shares
+    log_proposal = torch.logaddexp(log_prior + math.log(share), q.log_prob(z.unsqueeze(1)).squeeze(1)
+                                   + math.log(1 - share))
     inputs = torch.tensor([[tok.bos_id, *prefix_ids[:-1]]], device=device).expand(len(z), -1)
     targets = torch.tensor([prefix_ids], device=device).expand(len(z), -1)
     log_prefix = model.sequence_log_likelihood(inputs, targets, torch.ones_like(targets, dtype=torch.bool), z)
@@ -240,27 +248,37 @@ def interpolate(model, start: str, end: str, steps: int = 7, method: str = "line
 
 @torch.no_grad()
 def fit_prior(model, texts: list[str], components: Optional[int] = None, batch_size: int = 256,
-              seed: int = 0) -> dict[str, float]:
-    """Fit the second-stage mixture prior (prior.py) to the posterior means of
-    ``texts`` (the training sentences) and switch the model to it
-    (``model.prior=gmm``). Returns the fit's figures: mean log-density of the
-    means under the mixture and under N(0, I), in nats."""
+              seed: int = 0, kind: str = "gmm") -> dict[str, float]:
+    """Fit a second-stage prior (prior.py) to the posteriors of ``texts`` (the
+    training sentences) and switch the model to it (``model.prior=kind``):
+    ``gmm`` a Gaussian mixture of ``components`` fitted to all their means,
+    ``exemplar`` the posteriors of ``components`` of them drawn at random
+    (seeded). Returns the fit's figures: mean log-density of the means under
+    the new prior and under N(0, I), in nats."""
     import dataclasses
+    import random
 
-    from .prior import GaussianMixturePrior
     from .latent import standard_normal_log_prob
+    from .prior import FITTED_PRIORS, PRIORS
 
     if model.latent_dim == 0:
         raise TextVAEError("this model is a language model (latent_dim=0): it has no latent space")
+    if kind not in FITTED_PRIORS:
+        raise TextVAEError(f"unknown prior kind {kind!r}: choose one of {', '.join(FITTED_PRIORS)}")
     texts = [t for t in texts if t.strip()]
     if len(texts) < 2:
         raise TextVAEError("fitting a prior needs at least 2 sentences")
     components = min(components or model.config.model.prior_components, len(texts))
-    means = torch.cat([encode(model, texts[i:i + batch_size]).mean.float().cpu()
-                       for i in range(0, len(texts), batch_size)])  # (N, D)
-    prior = GaussianMixturePrior(model.latent_dim, components)
-    figures = prior.fit(means, generator=torch.Generator().manual_seed(seed))
+    if kind == "exemplar":  # only the chosen sentences are encoded
+        texts = random.Random(seed).sample(texts, components)
+    posteriors = [encode(model, texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)]
+    means = torch.cat([q.mean.float().cpu() for q in posteriors])  # (N, D)
+    prior = PRIORS[kind](model.latent_dim, components)
+    if kind == "exemplar":
+        figures = prior.fit(means, torch.cat([q.logvar.float().cpu() for q in posteriors]))
+    else:
+        figures = prior.fit(means, generator=torch.Generator().manual_seed(seed))
     model.prior = prior.to(model.device)
-    model.config.model = dataclasses.replace(model.config.model, prior="gmm", prior_components=components)
+    model.config.model = dataclasses.replace(model.config.model, prior=kind, prior_components=components)
     figures["normal_log_likelihood"] = float(standard_normal_log_prob(means).mean())
     return figures

@@ -7,13 +7,24 @@ which decode to word salad. Two-stage VAEs (Dai & Wipf 2019, "Diagnosing and
 Enhancing VAE Models") and regularised autoencoders with ex-post density
 estimation (Ghosh et al. 2020, "From Variational to Deterministic
 Autoencoders") fit a second density to the codes of the training data and
-sample from that instead. Here it is a full-covariance Gaussian mixture over
-the posterior means, fitted by EM (Dempster et al. 1977) after training;
-``model.prior=gmm`` selects it for sampling, completion and the
-importance-weighted NLL (where log p(z) is then the mixture's density, so the
-NLL is that of the two-stage model).
+sample from that instead. Two are here, both fitted after training
+(`textvae fit-prior RUN`) and used for sampling, completion and the
+importance-weighted NLL (where log p(z) is then their density, so the NLL is
+that of the two-stage model):
 
-Both priors offer ``log_prob(z)`` ((..., D) -> (...), nats) and
+- ``model.prior=gmm``: a full-covariance Gaussian mixture over the posterior
+  means, fitted by EM (Dempster et al. 1977). A few dozen broad components
+  smooth over the codes, so they still sample between sentences.
+- ``model.prior=exemplar``: the aggregate posterior itself,
+  q(z) = (1/N) sum_n q(z|x_n), over K training sentences drawn at random: each
+  a component N(mu_n, diag(sigma_n^2)) with the posterior's own mean and
+  variance. This is the VampPrior of Tomczak & Welling 2018 with real
+  sentences as its pseudo-inputs, i.e. the exemplar prior of Norouzi et al.
+  2020 ("Exemplar VAE"): samples are the decoder's readings of the
+  neighbourhood of a training sentence's code, so they read like the corpus,
+  and many are its sentences given back (measure how many).
+
+All priors offer ``log_prob(z)`` ((..., D) -> (...), nats) and
 ``sample(n, generator, temperature=T)`` ((n, D)); their state is buffers,
 saved with the model's weights. A temperature T < 1 draws each Gaussian's
 noise scaled by T, i.e. from N(mu, T^2 Sigma), the reduced-temperature
@@ -100,13 +111,86 @@ class GaussianMixturePrior(nn.Module):
         return figures
 
 
-PRIORS = {"normal": StandardNormalPrior, "gmm": GaussianMixturePrior}
+class ExemplarPrior(nn.Module):
+    """p(z) = (1/K) sum_k N(z; mu_k, diag(exp(logvar_k))): the posteriors of K
+    training sentences (the aggregate posterior; module docstring)."""
+
+    def __init__(self, latent_dim: int, components: int) -> None:
+        super().__init__()
+        self.latent_dim, self.components = latent_dim, components
+        self.register_buffer("means", torch.zeros(components, latent_dim))  # (K, D)
+        self.register_buffer("logvars", torch.zeros(components, latent_dim))  # (K, D)
+        self.register_buffer("fitted", torch.zeros(()))  # 1 once fit() has run
+
+    def _check_fitted(self) -> None:
+        if not bool(self.fitted):
+            raise TextVAEError("the model's exemplar prior (model.prior=exemplar) is not fitted yet: "
+                               "run `textvae fit-prior RUN --kind exemplar`")
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        self._check_fitted()
+        return diagonal_mixture_log_prob(z, self.means, self.logvars)
+
+    def sample(self, n: int, generator: Optional[torch.Generator] = None, device=None,
+               temperature: float = 1.0) -> Tensor:
+        check_temperature(temperature)
+        self._check_fitted()
+        device = device or self.means.device
+        which = torch.randint(self.components, (n,), generator=generator, device=device)  # (n,)
+        eps = torch.randn(n, self.latent_dim, generator=generator, device=device)
+        return self.means[which] + temperature * torch.exp(0.5 * self.logvars[which]) * eps
+
+    def sample_each(self, generator: Optional[torch.Generator] = None, device=None,
+                    temperature: float = 1.0) -> Tensor:
+        """One draw from every component, (K, D): a stratified sample of the
+        prior (its components are equally weighted), which a search for the
+        few sentences that fit a condition (operations.complete) cannot miss."""
+        check_temperature(temperature)
+        self._check_fitted()
+        device = device or self.means.device
+        eps = torch.randn(self.components, self.latent_dim, generator=generator, device=device)
+        return self.means + temperature * torch.exp(0.5 * self.logvars) * eps
+
+    @torch.no_grad()
+    def fit(self, means: Tensor, logvars: Tensor) -> dict[str, float]:
+        """Take the K posteriors given, means and log-variances (K, D)."""
+        if means.shape != self.means.shape or logvars.shape != self.logvars.shape:
+            raise TextVAEError(f"an exemplar prior of {self.components} components needs {self.components} "
+                               f"posteriors, not {len(means)}")
+        self.means.copy_(means)
+        self.logvars.copy_(logvars)
+        self.fitted.fill_(1.0)
+        return {"components": self.components, "points": self.components,
+                "log_likelihood": float(self.log_prob(means).mean())}
+
+
+PRIORS = {"normal": StandardNormalPrior, "gmm": GaussianMixturePrior, "exemplar": ExemplarPrior}
+FITTED_PRIORS = ("gmm", "exemplar")  # the kinds `textvae fit-prior` fits
 
 
 def build_prior(kind: str, latent_dim: int, components: int) -> nn.Module:
-    if kind == "gmm":
-        return GaussianMixturePrior(latent_dim, components)
+    if kind in FITTED_PRIORS:
+        return PRIORS[kind](latent_dim, components)
     return StandardNormalPrior(latent_dim)
+
+
+def diagonal_mixture_log_prob(z: Tensor, means: Tensor, logvars: Tensor, rows: int = 1024) -> Tensor:
+    """log (1/K) sum_k N(z; mu_k, diag(exp(logvar_k))). z (..., D) -> (...).
+    The squared distances come from matrix products, in float64 so that the
+    expansion |z|^2 / v - 2 z mu / v + |mu|^2 / v keeps its precision:
+    sum_d (z_d - mu_kd)^2 / v_kd for z (n, D) is (n, K)."""
+    flat = z.reshape(-1, z.shape[-1]).to(torch.float64)  # (N, D)
+    means, logvars = means.to(torch.float64), logvars.to(torch.float64)
+    precision = torch.exp(-logvars)  # (K, D)
+    shift = means * precision  # (K, D)
+    constant = (means * shift).sum(-1) + logvars.sum(-1) + means.shape[1] * LOG_2PI  # (K,)
+    out = []
+    for start in range(0, len(flat), rows):
+        x = flat[start:start + rows]  # (n, D)
+        distance = (x * x) @ precision.T - 2.0 * (x @ shift.T)  # (n, K), constant aside
+        out.append(torch.logsumexp(-0.5 * (distance + constant), dim=1) - math.log(len(means)))
+    result = torch.cat(out) if out else flat.new_zeros(0)
+    return result.float().reshape(z.shape[:-1])
 
 
 def mixture_log_prob(z: Tensor, log_weights: Tensor, means: Tensor, scale_tril: Tensor) -> Tensor:

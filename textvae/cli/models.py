@@ -1,5 +1,5 @@
 """``textvae models`` (the built-in models and their figures) and
-``textvae fit-prior RUN`` (the second-stage mixture prior of a trained run)."""
+``textvae fit-prior RUN`` (the second-stage prior of a trained run)."""
 
 from __future__ import annotations
 
@@ -23,13 +23,18 @@ def register(commands) -> None:
     p.add_argument("--json", action="store_true", help="print each model's card as one JSON line")
     p.set_defaults(handler=_models)
 
-    p = commands.add_parser("fit-prior", help="fit a second-stage Gaussian-mixture prior to a run's latent codes",
-                            description="Fits a full-covariance Gaussian mixture to the posterior means of the "
-                                        "training sentences (two-stage VAE, Dai & Wipf 2019) and makes it the "
-                                        "run's prior (model.prior=gmm) for sample, complete and eval.")
+    p = commands.add_parser("fit-prior", help="fit a second-stage prior to a run's latent codes",
+                            description="Fits a second prior to the posteriors of the training sentences and makes "
+                                        "it the run's prior (model.prior) for sample, complete and eval: a "
+                                        "full-covariance Gaussian mixture over their means (--kind gmm; two-stage "
+                                        "VAE, Dai & Wipf 2019) or the posteriors of --components of them "
+                                        "(--kind exemplar; Norouzi et al. 2020).")
     p.add_argument("run", metavar="RUN", help="run directory of a trained model")
     p.add_argument("--data", help="training sentences (default: the run's data.path)")
-    p.add_argument("--components", type=int, default=None, help="mixture components (default: model.prior_components)")
+    p.add_argument("--kind", choices=("gmm", "exemplar"), default=None,
+                   help="default: the run's model.prior where it is one of these, else gmm")
+    p.add_argument("--components", type=int, default=None,
+                   help="mixture components or exemplars (default: model.prior_components)")
     p.add_argument("--max-sentences", type=int, default=20000, help="fit on at most this many (seeded sample)")
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
@@ -75,9 +80,12 @@ def _fit_prior(args: argparse.Namespace) -> None:
     texts = [t for t in read_texts(data, ["train"], model.config.data.text_column)["train"] if t.strip()]
     if len(texts) > args.max_sentences:
         texts = random.Random(args.seed).sample(texts, args.max_sentences)
-    figures = fit_prior(model, texts, args.components, seed=args.seed)
+    kind = args.kind or (model.config.model.prior if model.config.model.prior in ("gmm", "exemplar") else "gmm")
+    figures = fit_prior(model, texts, args.components, seed=args.seed, kind=kind)
     save_weights(model, run / WEIGHTS_FILE)
     write_json_atomic(run / CONFIG_FILE, model.config.to_dict())
-    log.info(f"mixture prior: {figures['components']} components fitted to {figures['points']:,} posterior means "
-             f"in {figures['iterations']} EM steps; mean log-density {figures['log_likelihood']:.2f} nats "
+    fitted = (f"mixture prior: {figures['components']} components fitted to {figures['points']:,} posterior means "
+              f"in {figures['iterations']} EM steps" if kind == "gmm" else
+              f"exemplar prior: the posteriors of {figures['components']:,} training sentences")
+    log.info(f"{fitted}; mean log-density of their means {figures['log_likelihood']:.2f} nats "
              f"(N(0, I): {figures['normal_log_likelihood']:.2f}); {run} now samples from it")
