@@ -71,6 +71,8 @@ def build_report(out: Path, report: dict, args) -> dict:
     whether the model reached the bar and is exported into the package)."""
     vae_eval = json.loads((out / "vae" / "eval_test.json").read_text())
     lm_eval = json.loads((out / "lm" / "eval_test.json").read_text())
+    normal_file = out / "vae" / "eval_test_normal_prior.json"  # the same VAE under N(0, I)
+    normal_eval = json.loads(normal_file.read_text()) if normal_file.exists() else None
     vae_train, lm_train = _train_summary(out / "vae"), _train_summary(out / "lm")
     fluency = report["fluency"]
     command = (f"python scripts/train_builtin.py --data {args.data} --out {args.out} --budget {args.budget:g} "
@@ -82,7 +84,9 @@ def build_report(out: Path, report: dict, args) -> dict:
     figures = {
         "exact match (test)": f"{100 * vae_eval['exact_match']:.1f}%",
         "BLEU of reconstructions": f"{vae_eval['bleu']:.1f}",
-        "test NLL (IW, 500 samples)": f"{vae_eval['nll']:.2f} nats/sentence (same-size LM: {lm_eval['nll']:.2f})",
+        "test NLL (IW, 500 samples)": f"{vae_eval['nll']:.2f} nats/sentence"
+                                      + (f", {normal_eval['nll']:.2f} under N(0, I)" if normal_eval else "")
+                                      + f" (same-size LM: {lm_eval['nll']:.2f})",
         "KL / MI / AU": f"{vae_eval['kl']:.1f} / {vae_eval['mi']:.2f} / {vae_eval['au']}/{len(vae_eval['au_variances'])}",
         "sample NLL per word under the LM": f"{shown_samples(fluency)['nll_per_word']:.2f} "
                                             f"(test sentences: {fluency['test_split']['nll_per_word']:.2f})",
@@ -100,6 +104,7 @@ def build_report(out: Path, report: dict, args) -> dict:
     }
     card["ships"] = not shortfalls(vae_eval, fluency)
     result = {"model": "wordnet", "run": f"{args.out}/vae", "command": command, "machine": machine, "vae_eval": vae_eval, "lm_eval": lm_eval,
+              "vae_eval_normal_prior": normal_eval,
               "vae_train": vae_train, "lm_train": lm_train, "fluency": fluency, "showcase": report["showcase"],
               "card": card}
     (ROOT / "results" / "builtin.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -160,10 +165,13 @@ def _markdown(r: dict) -> str:
         "",
         "| model | NLL (IW, 500) | PPL (words) | ELBO | KL | MI | AU | exact match | BLEU | train time |",
         "|---|---|---|---|---|---|---|---|---|---|",
-        f"| VAE + {fitted} | {v['nll']:.2f} | {v.get('ppl_word', float('nan')):.1f} | {v['elbo']:.2f} | "
+        f"| VAE + {fitted} | {v['nll']:.2f} | {v.get('ppl_word', float('nan')):.4g} | {v['elbo']:.2f} | "
         f"{v['kl']:.2f} | {v['mi']:.2f} | {v['au']}/{len(v['au_variances'])} | {100 * v['exact_match']:.1f}% | "
         f"{v['bleu']:.1f} | {vt['train_seconds'] / 60:.1f} min |",
-        f"| LM, same decoder, no latent | {lm['nll']:.2f} | {lm.get('ppl_word', float('nan')):.1f} | – | – | – | – | "
+        *([f"| the same VAE, N(0, I) prior | {r['vae_eval_normal_prior']['nll']:.2f} | "
+           f"{r['vae_eval_normal_prior'].get('ppl_word', float('nan')):.4g} | – | – | – | – | – | – | – |"]
+          if r.get("vae_eval_normal_prior") else []),
+        f"| LM, same decoder, no latent | {lm['nll']:.2f} | {lm.get('ppl_word', float('nan')):.4g} | – | – | – | – | "
         f"– | – | {lt['train_seconds'] / 60:.1f} min |",
         "",
         f"NLL in nats per sentence; for the VAE, log p(z) in the importance weights is the {fitted}'s density "

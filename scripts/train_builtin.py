@@ -213,6 +213,7 @@ def export(args, out: Path, report: dict) -> None:
     model.config.save(target / "config.json")
     model.tokenizer.save(target / "tokenizer")
     save_model(model, str(target / "model.safetensors"))
+    (target / "model.safetensors").chmod(0o644)  # readable by every user of an installed package
     (target / "card.json").write_text(json.dumps(report["card"], indent=2) + "\n")
 
 
@@ -259,10 +260,12 @@ def main() -> None:
         train(args, out, "lm", ["--set", "model.latent_dim=0", "--set", "model.prior=normal",
                                 "--set", "model.dropout=0.3"], args.lm_budget, args.data)
     if "eval" in stages:
-        for name in ("vae", "lm"):
-            if not (out / name / "eval_test.json").exists():
+        # The VAE under its fitted prior (the two-stage model) and under N(0, I), the prior it trained with.
+        for name, prior in (("vae", "run"), ("vae", "normal"), ("lm", "run")):
+            if not (out / name / f"eval_test{'_normal_prior' if prior == 'normal' else ''}.json").exists():
                 textvae("eval", out / name, "--data", args.data, "--split", "test", "--iw-samples", args.iw_samples,
-                        "--batch-size", 64, "--samples", 1000, threads=args.threads, log=out / "log.txt")
+                        "--batch-size", 64, "--samples", 1000, "--prior", prior, threads=args.threads,
+                        log=out / "log.txt")
     if "fluency" in stages:
         report["fluency"] = fluency(args, out)
         save()

@@ -1,6 +1,7 @@
 """The built-in `wordnet` model as it ships in the package: it loads by name from
-any folder, gives held-out sentences back, samples from its mixture prior,
-and its card's figures are those of results/builtin.json."""
+any folder, gives held-out sentences back, samples from its exemplar prior,
+completes and interpolates, and its card's figures are those of
+results/builtin.json."""
 
 import json
 import os
@@ -36,14 +37,19 @@ def test_it_gives_most_held_out_sentences_back(wordnet):
     assert exact_match(wordnet.reconstruct(texts), texts) >= 0.5
 
 
-def test_its_prior_is_the_fitted_mixture_and_samples_are_sentences(wordnet):
-    from textvae.prior import GaussianMixturePrior
+def test_its_prior_is_the_fitted_exemplar_prior_and_samples_are_sentences(wordnet):
+    from textvae.prior import ExemplarPrior
 
-    assert isinstance(wordnet.prior, GaussianMixturePrior)
+    assert isinstance(wordnet.prior, ExemplarPrior) and bool(wordnet.prior.fitted)
     samples = wordnet.sample(20, seed=0)
     assert len(samples) == 20 and all(s.strip() for s in samples)
     assert wordnet.sample(20, seed=0) == samples  # a seed fixes them
     assert len(set(samples)) >= 15
+
+
+def test_completions_keep_the_prefix(wordnet):
+    completions = wordnet.complete("the man", n=3, seed=0)
+    assert len(completions) == 3 and all(c.startswith("the man ") for c in completions)
 
 
 def test_an_interpolation_starts_and_ends_at_its_sentences(wordnet):

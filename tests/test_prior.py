@@ -194,6 +194,19 @@ def test_fit_prior_command(cli, trained_run, tmp_path):
     assert cli("-q", "sample", run, "-n", "2", "--seed", "0").code == 0
 
 
+def test_eval_scores_a_two_stage_run_under_either_prior(cli, trained_run, shared_corpus, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    assert cli("fit-prior", run, "--kind", "exemplar", "--components", "3").code == 0
+    flags = ["--data", shared_corpus, "--iw-samples", "4", "--samples", "3"]
+    assert cli("-q", "eval", run, *flags).code == 0
+    assert cli("-q", "eval", run, *flags, "--prior", "normal").code == 0
+    two_stage = json.loads((run / "eval_test.json").read_text())
+    normal = json.loads((run / "eval_test_normal_prior.json").read_text())
+    assert (two_stage["prior"], normal["prior"]) == ("exemplar", "normal")
+    assert two_stage["nll"] != normal["nll"] and two_stage["rec"] == normal["rec"]  # only log p(z) differs
+
+
 # ------------------------------------------------------------ built-in models
 @pytest.fixture
 def builtins(trained_run, tmp_path, monkeypatch):

@@ -31,6 +31,10 @@ def register(commands) -> None:
                    help="bf16 autocast: several times faster on CPUs with AMX (checked against fp32 by the tests)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", metavar="FILE", help="also write the results here")
+    p.add_argument("--prior", choices=("run", "normal"), default="run",
+                   help="p(z) of the IW-NLL and the samples: the run's (model.prior; default) or N(0, I), the "
+                        "prior a VAE trains with, for a run with a second-stage prior (results then in "
+                        "eval_SPLIT_normal_prior.json)")
     add_refine(p)
     p.set_defaults(handler=_eval)
 
@@ -61,6 +65,11 @@ def _eval(args: argparse.Namespace) -> None:
     govern(0, device)  # one thread per core the other processes leave free (threads.py)
     model = TextVAE.from_pretrained(args.run, device=device)
     set_refine(model, args.refine)
+    suffix = ""
+    if args.prior == "normal" and model.config.model.prior != "normal":
+        from ..prior import StandardNormalPrior
+
+        model.prior, suffix = StandardNormalPrior(model.latent_dim), "_normal_prior"
     texts = read_texts(args.data, [args.split], model.config.data.text_column)
     if args.split not in texts:
         raise TextVAEError(f"{args.data} has no {args.split} split")
@@ -68,13 +77,14 @@ def _eval(args: argparse.Namespace) -> None:
     settings = EvalSettings(args.iw_samples, args.iw_chunk, args.batch_size, args.samples, args.seed, args.precision)
     run_dir = resolve_run(args.run)
     # A stopped run goes on where it was (journal.py); a built-in model's folder is read-only.
-    journal = None if builtin.is_builtin(run_dir) else IWJournal(journal_path(run_dir / eval_file(args.split)))
+    journal = None if builtin.is_builtin(run_dir) else IWJournal(journal_path(run_dir / eval_file(args.split, suffix)))
     result = evaluate_text(model, split, settings, device, journal)
     result["data"] = args.data
     result["device"] = describe_device(device)
     result["command"] = args.invocation
+    result["prior"] = "normal" if suffix else model.config.model.prior
     print(format_table(result))
-    targets = [] if builtin.is_builtin(run_dir) else [run_dir / eval_file(args.split)]  # built-ins are read-only
+    targets = [] if builtin.is_builtin(run_dir) else [run_dir / eval_file(args.split, suffix)]  # built-ins are read-only
     for path in targets + ([Path(args.json)] if args.json else []):
         write_json_atomic(path, result)
     if journal is not None:
