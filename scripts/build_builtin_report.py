@@ -159,7 +159,8 @@ def _markdown(r: dict) -> str:
         f"have a word that no training sentence has). The {fitted} is fitted to the example sentences "
         "only, and the LM is trained on them only.",
         "",
-        f"Reproduce: `{r['command']}` ({r['machine']}). All figures below come from that run.",
+        f"Reproduce: `{r['command']}` ({r['machine']}). All figures below come from the run folder it names; "
+        "where that folder was not made by this command alone, the notes at the end say how it was made.",
         "",
         "## Test split",
         "",

@@ -32,6 +32,7 @@ Stages (each one skipped when its output exists, so a stopped run continues):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -210,6 +211,8 @@ def export(args, out: Path, report: dict) -> None:
     model = TextVAE.from_pretrained(out / "vae")
     model.to(torch.bfloat16)
     model.prior.float()  # the mixture's Cholesky factors keep full precision
+    # The corpus folder of the training run is a path on the machine that trained it, not the user's.
+    model.config.data = dataclasses.replace(model.config.data, path="")
     model.config.save(target / "config.json")
     model.tokenizer.save(target / "tokenizer")
     save_model(model, str(target / "model.safetensors"))

@@ -73,6 +73,8 @@ def test_exemplar_density_is_the_mean_of_its_diagonal_gaussians():
         torch.distributions.Normal(prior.means, torch.exp(0.5 * prior.logvars)), 1)
     reference = torch.logsumexp(components.log_prob(z.unsqueeze(-2)), -1) - torch.log(torch.tensor(5.0))
     assert torch.allclose(prior.log_prob(z), reference, atol=1e-4)
+    # In blocks of rows as in one.
+    assert torch.allclose(diagonal_mixture_log_prob(z, prior.means, prior.logvars, rows=4), prior.log_prob(z))
     # Far from every code the density still comes out finite and exact (no cancellation).
     far = prior.means[:1] + 40.0
     assert torch.allclose(diagonal_mixture_log_prob(far, prior.means, prior.logvars),
@@ -90,7 +92,7 @@ def test_exemplar_samples_come_from_one_posterior_each_and_an_unfitted_prior_ref
     assert torch.allclose(counts, torch.full((3,), 1 / 3), atol=0.02)  # uniform weights
     for k in range(3):  # each component's spread is its posterior's
         assert torch.allclose(z[nearest == k].std(0), torch.exp(0.5 * prior.logvars[k]), rtol=0.05)
-    with pytest.raises(TextVAEError, match="needs 3 posteriors"):
+    with pytest.raises(TextVAEError, match=r"needs means and log-variances of shape \(3, 2\)"):
         prior.fit(torch.zeros(2, 2), torch.zeros(2, 2))
 
 
@@ -294,3 +296,10 @@ def test_completion_searches_every_exemplar(tiny_model, monkeypatch):
         z = operations.posterior_given_prefix(tiny_model, prefix, 4, proposals=512,
                                               generator=torch.Generator().manual_seed(seed))
         assert ((z - target).norm(dim=-1) < 0.5).all()
+
+
+@pytest.mark.parametrize("proposals", [1, 3, 512])
+def test_completion_takes_any_number_of_proposals_with_an_exemplar_prior(tiny_model, monkeypatch, proposals):
+    monkeypatch.setattr(tiny_model, "prior", fitted_exemplars(k=5, dim=tiny_model.latent_dim))
+    texts = tiny_model.complete("the cat", n=2, seed=0, proposals=proposals)
+    assert len(texts) == 2 and all(t.startswith("the cat") for t in texts)

@@ -170,8 +170,8 @@ def posterior_given_prefix(model, prefix_ids: list[int], n: int, proposals: int 
     z = torch.cat([from_prior, from_q])  # (K, D)
     log_prior = model.prior.log_prob(z)  # (K,)
     share = len(from_prior) / len(z)  # the proposal: a mixture of the prior and q in these shares
-    log_proposal = torch.logaddexp(log_prior + math.log(share), q.log_prob(z.unsqueeze(1)).squeeze(1)
-                                   + math.log(1 - share))
+    log_proposal = log_prior if share == 1 else torch.logaddexp(
+        log_prior + math.log(share), q.log_prob(z.unsqueeze(1)).squeeze(1) + math.log(1 - share))
     inputs = torch.tensor([[tok.bos_id, *prefix_ids[:-1]]], device=device).expand(len(z), -1)
     targets = torch.tensor([prefix_ids], device=device).expand(len(z), -1)
     log_prefix = model.sequence_log_likelihood(inputs, targets, torch.ones_like(targets, dtype=torch.bool), z)

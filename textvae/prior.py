@@ -133,30 +133,31 @@ class ExemplarPrior(nn.Module):
 
     def sample(self, n: int, generator: Optional[torch.Generator] = None, device=None,
                temperature: float = 1.0) -> Tensor:
-        check_temperature(temperature)
-        self._check_fitted()
         device = device or self.means.device
         which = torch.randint(self.components, (n,), generator=generator, device=device)  # (n,)
-        eps = torch.randn(n, self.latent_dim, generator=generator, device=device)
-        return self.means[which] + temperature * torch.exp(0.5 * self.logvars[which]) * eps
+        return self._draw(which, generator, temperature)
 
     def sample_each(self, generator: Optional[torch.Generator] = None, device=None,
                     temperature: float = 1.0) -> Tensor:
         """One draw from every component, (K, D): a stratified sample of the
         prior (its components are equally weighted), which a search for the
         few sentences that fit a condition (operations.complete) cannot miss."""
+        return self._draw(torch.arange(self.components, device=device or self.means.device), generator, temperature)
+
+    def _draw(self, which: Tensor, generator: Optional[torch.Generator], temperature: float) -> Tensor:
+        """mu_k + T sigma_k eps for each component index k of ``which`` (n,) -> (n, D)."""
         check_temperature(temperature)
         self._check_fitted()
-        device = device or self.means.device
-        eps = torch.randn(self.components, self.latent_dim, generator=generator, device=device)
-        return self.means + temperature * torch.exp(0.5 * self.logvars) * eps
+        eps = torch.randn(len(which), self.latent_dim, generator=generator, device=which.device)
+        return self.means[which] + temperature * torch.exp(0.5 * self.logvars[which]) * eps
 
     @torch.no_grad()
     def fit(self, means: Tensor, logvars: Tensor) -> dict[str, float]:
         """Take the K posteriors given, means and log-variances (K, D)."""
         if means.shape != self.means.shape or logvars.shape != self.logvars.shape:
-            raise TextVAEError(f"an exemplar prior of {self.components} components needs {self.components} "
-                               f"posteriors, not {len(means)}")
+            raise TextVAEError(f"an exemplar prior of {self.components} components in {self.latent_dim} dimensions "
+                               f"needs means and log-variances of shape {tuple(self.means.shape)}, not "
+                               f"{tuple(means.shape)} and {tuple(logvars.shape)}")
         self.means.copy_(means)
         self.logvars.copy_(logvars)
         self.fitted.fill_(1.0)
@@ -174,7 +175,7 @@ def build_prior(kind: str, latent_dim: int, components: int) -> nn.Module:
     return StandardNormalPrior(latent_dim)
 
 
-def diagonal_mixture_log_prob(z: Tensor, means: Tensor, logvars: Tensor, rows: int = 1024) -> Tensor:
+def diagonal_mixture_log_prob(z: Tensor, means: Tensor, logvars: Tensor, rows: Optional[int] = None) -> Tensor:
     """log (1/K) sum_k N(z; mu_k, diag(exp(logvar_k))). z (..., D) -> (...).
     The squared distances come from matrix products, in float64 so that the
     expansion |z|^2 / v - 2 z mu / v + |mu|^2 / v keeps its precision:
@@ -184,6 +185,7 @@ def diagonal_mixture_log_prob(z: Tensor, means: Tensor, logvars: Tensor, rows: i
     precision = torch.exp(-logvars)  # (K, D)
     shift = means * precision  # (K, D)
     constant = (means * shift).sum(-1) + logvars.sum(-1) + means.shape[1] * LOG_2PI  # (K,)
+    rows = rows or max(1, 2**24 // len(means))  # (rows, K) float64 blocks of at most 128 MB
     out = []
     for start in range(0, len(flat), rows):
         x = flat[start:start + rows]  # (n, D)

@@ -11,6 +11,7 @@ from pathlib import Path
 from .. import builtin
 from ..builtin import builtin_names, model_card
 from ..errors import TextVAEError
+from ..prior import FITTED_PRIORS
 from .args import seed
 
 log = logging.getLogger("textvae")
@@ -31,7 +32,7 @@ def register(commands) -> None:
                                         "(--kind exemplar; Norouzi et al. 2020).")
     p.add_argument("run", metavar="RUN", help="run directory of a trained model")
     p.add_argument("--data", help="training sentences (default: the run's data.path)")
-    p.add_argument("--kind", choices=("gmm", "exemplar"), default=None,
+    p.add_argument("--kind", choices=FITTED_PRIORS, default=None,
                    help="default: the run's model.prior where it is one of these, else gmm")
     p.add_argument("--components", type=int, default=None,
                    help="mixture components or exemplars (default: model.prior_components)")
@@ -80,12 +81,12 @@ def _fit_prior(args: argparse.Namespace) -> None:
     texts = [t for t in read_texts(data, ["train"], model.config.data.text_column)["train"] if t.strip()]
     if len(texts) > args.max_sentences:
         texts = random.Random(args.seed).sample(texts, args.max_sentences)
-    kind = args.kind or (model.config.model.prior if model.config.model.prior in ("gmm", "exemplar") else "gmm")
+    kind = args.kind or (model.config.model.prior if model.config.model.prior in FITTED_PRIORS else "gmm")
     figures = fit_prior(model, texts, args.components, seed=args.seed, kind=kind)
     save_weights(model, run / WEIGHTS_FILE)
     write_json_atomic(run / CONFIG_FILE, model.config.to_dict())
     fitted = (f"mixture prior: {figures['components']} components fitted to {figures['points']:,} posterior means "
               f"in {figures['iterations']} EM steps" if kind == "gmm" else
               f"exemplar prior: the posteriors of {figures['components']:,} training sentences")
-    log.info(f"{fitted}; mean log-density of their means {figures['log_likelihood']:.2f} nats "
+    log.info(f"{fitted}; mean log-density of the means fitted to {figures['log_likelihood']:.2f} nats "
              f"(N(0, I): {figures['normal_log_likelihood']:.2f}); {run} now samples from it")

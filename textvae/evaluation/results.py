@@ -13,7 +13,9 @@ sentence or an image) in nats:
 and beside them ``latent_dim``, ``unit`` ("nats per sentence" or "nats per
 image"), ``split``, ``data``, ``settings`` (``iw_samples``, ``seed``, ...),
 ``timings`` (seconds per part), ``device`` and ``command``. Text files add
-perplexity, BLEU and sample diversity (``evaluation/text_eval.py``).
+perplexity, BLEU and sample diversity (``evaluation/text_eval.py``), and
+``prior``: the p(z) of the NLL and the samples (the run's ``model.prior``,
+or "normal" for ``textvae eval --prior normal``).
 
 MNIST files written before the shared schema named ``nll`` ``iw_nll`` and
 ``au`` ``active_units``; ``read_result`` maps them, so old runs compare too.
