@@ -278,9 +278,9 @@ def test_a_config_that_does_not_fit_its_weights_fails_before_building(cli, train
 
 
 def test_completion_searches_every_exemplar(tiny_model, monkeypatch):
-    """With more exemplars than the prior's half of the proposals, completion
-    draws one proposal from each, so the one sentence that fits the prefix is
-    never missed (random draws of 256 from 300 would miss it 43% of the time)."""
+    """Completion draws one proposal from each exemplar, so the one sentence
+    that fits the prefix is never missed (random draws of 256 from 300 would
+    miss it 43% of the time)."""
     from textvae import operations
 
     monkeypatch.setattr(tiny_model, "prior", fitted_exemplars(k=300, dim=tiny_model.latent_dim, seed=1))

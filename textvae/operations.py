@@ -151,10 +151,12 @@ def posterior_given_prefix(model, prefix_ids: list[int], n: int, proposals: int 
     encoder read on the prefix alone); each is weighted by
     p(z) p(prefix | z) / proposal(z), where p(prefix | z) is the decoder's
     probability of the prefix tokens after bos (no eos), and n are drawn in
-    proportion to the weights. An exemplar prior with more components than
-    that half gives one draw from each instead (stratified: still a sample of
-    the prior), so that the few training sentences that begin with the prefix
-    are all among the proposals. Returns (n, D).
+    proportion to the weights. An exemplar prior is searched whole instead:
+    one draw from each component, as many rounds as the proposals allow (a
+    stratified sample of the prior, whose components weigh the same), so
+    that the few training sentences that begin with the prefix are all among
+    the proposals; the proposal is then the prior itself and each weight is
+    p(prefix | z) alone. Returns (n, D).
     """
     device, dim = model.device, model.latent_dim
     tok = model.tokenizer
@@ -162,20 +164,22 @@ def posterior_given_prefix(model, prefix_ids: list[int], n: int, proposals: int 
     batch = TextBatch(framed, torch.tensor([framed.shape[1]], device=device), torch.zeros(1, dtype=torch.long))
     q = model.posterior(batch)  # (1, D)
     half = proposals // 2
-    if hasattr(model.prior, "sample_each") and model.prior.components > proposals - half:
-        from_prior = model.prior.sample_each(generator, device)  # (components, D)
+    stratified = hasattr(model.prior, "sample_each")
+    if stratified:  # each component once, or as often as the proposals allow
+        rounds = max(1, proposals // model.prior.components)
+        z = torch.cat([model.prior.sample_each(generator, device) for _ in range(rounds)])  # (rounds * K, D)
     else:
         from_prior = model.prior.sample(proposals - half, generator, device)
-    from_q = q.sample(half, generator=generator).squeeze(1)  # (half, D)
-    z = torch.cat([from_prior, from_q])  # (K, D)
-    log_prior = model.prior.log_prob(z)  # (K,)
-    share = len(from_prior) / len(z)  # the proposal: a mixture of the prior and q in these shares
-    log_proposal = log_prior if share == 1 else torch.logaddexp(
-        log_prior + math.log(share), q.log_prob(z.unsqueeze(1)).squeeze(1) + math.log(1 - share))
+        from_q = q.sample(half, generator=generator).squeeze(1)  # (half, D)
+        z = torch.cat([from_prior, from_q])  # (K, D)
+        log_prior = model.prior.log_prob(z)  # (K,)
+        share = len(from_prior) / len(z)  # the proposal: a mixture of the prior and q in these shares
+        log_proposal = log_prior if share == 1 else torch.logaddexp(
+            log_prior + math.log(share), q.log_prob(z.unsqueeze(1)).squeeze(1) + math.log(1 - share))
     inputs = torch.tensor([[tok.bos_id, *prefix_ids[:-1]]], device=device).expand(len(z), -1)
     targets = torch.tensor([prefix_ids], device=device).expand(len(z), -1)
     log_prefix = model.sequence_log_likelihood(inputs, targets, torch.ones_like(targets, dtype=torch.bool), z)
-    log_weights = log_prior + log_prefix - log_proposal
+    log_weights = log_prefix if stratified else log_prior + log_prefix - log_proposal
     chosen = torch.multinomial(log_weights.softmax(0), n, replacement=True, generator=generator)
     return z[chosen]
 

@@ -90,8 +90,8 @@ def register(commands) -> None:
     _common(p, "run")
     p.add_argument("prefix", metavar="PREFIX")
     p.add_argument("-n", type=int, default=5, help="how many completions")
-    p.add_argument("--proposals", type=int, default=512, help="importance samples of z for p(z | prefix) (an exemplar prior "
-                                                                       "with more exemplars adds one from each)")
+    p.add_argument("--proposals", type=int, default=512, help="importance samples of z for p(z | prefix) (an exemplar prior: "
+                                                                       "at least one from each exemplar)")
     p.add_argument("--continue-word", action="store_true",
                    help="let the completion continue the prefix's last word (default: it starts a new word)")
     p.set_defaults(handler=_complete)
