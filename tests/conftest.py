@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+# Built word lists (lexicon.py) are cached here, not in the user's cache folder.
+os.environ["TEXTVAE_CACHE_DIR"] = tempfile.mkdtemp(prefix="textvae-test-cache-")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -246,12 +246,13 @@ def test_a_word_file_is_built_into_one_trie_for_all_chunks(cli, trained_run, tmp
         original(self, *args, **kwargs)
 
     monkeypatch.setattr(lexicon.WordConstraint, "__init__", counting)
+    monkeypatch.setenv("TEXTVAE_CACHE_DIR", str(tmp_path / "cache"))
     listed = tmp_path / "words.txt"
     listed.write_text("the cat dog\n")
     result = cli("sample", trained_run, "-n", "600", "--seed", "0", "--words", listed)  # 3 chunks of 256
     assert result.code == 0 and len(result.out_lines) == 600 and len(builds) == 1
     result = cli("reconstruct", trained_run, "--words", listed, stdin=("the cat sat\n" * 300).encode())
-    assert result.code == 0 and len(builds) == 2
+    assert result.code == 0 and len(builds) == 1  # the second command loads the first one's from the cache
 
 
 @pytest.mark.parametrize("strategy", ["sample", "greedy", "beam"])
@@ -288,3 +289,41 @@ def test_a_prefix_ending_mid_word_at_the_limit_gets_no_token_off_the_list():
                        GenerationConfig(strategy, max_length=len(prefix) + 1, words=words), [prefix] * 16,
                        torch.Generator().manual_seed(0), tokenizer.never_generated)
         assert all(ids == prefix for ids in out), strategy  # the word's next piece, then cut: nothing glued on
+
+
+def test_a_built_word_list_is_cached_and_loads_the_same(tmp_path, monkeypatch):
+    from textvae import lexicon
+
+    monkeypatch.setenv("TEXTVAE_CACHE_DIR", str(tmp_path / "cache"))
+    tokenizer = tokenizer_of("bpe")
+    built = lexicon.word_constraint(tokenizer, LISTED)
+    files = list((tmp_path / "cache").glob("words-*.pt"))
+    assert len(files) == 1 and not list((tmp_path / "cache").glob("*.tmp"))
+    # The second time it comes from the file: building is not needed, and every table is the same.
+    monkeypatch.setattr(lexicon.WordConstraint, "__init__", lambda *a: pytest.fail("built again"))
+    loaded = lexicon.word_constraint(tokenizer, list(reversed(LISTED)))  # order does not matter
+    for name in (*lexicon.STORED, "offsets", "keys", "key_nodes", "follows"):
+        assert torch.equal(getattr(loaded, name), getattr(built, name)), name
+    assert (loaded.vocab_size, loaded.eos_id, loaded.words) == (built.vocab_size, built.eos_id, built.words)
+    states = loaded.initial(2)
+    assert torch.equal(loaded.allowed(states), built.allowed(states))
+    # Another word list is another file; a damaged file is built again and replaced.
+    monkeypatch.undo()
+    monkeypatch.setenv("TEXTVAE_CACHE_DIR", str(tmp_path / "cache"))
+    lexicon.word_constraint(tokenizer, LISTED[:-1])
+    assert len(list((tmp_path / "cache").glob("words-*.pt"))) == 2
+    files[0].write_bytes(b"not a tensor file")
+    assert torch.equal(lexicon.word_constraint(tokenizer, LISTED).keys, built.keys)
+    assert lexicon.WordConstraint.from_state(torch.load(files[0], weights_only=True)).words == built.words
+
+
+def test_without_a_usable_cache_folder_it_builds(tmp_path, monkeypatch):
+    from textvae import lexicon
+
+    tokenizer = tokenizer_of("bpe")
+    monkeypatch.setenv("TEXTVAE_CACHE_DIR", "off")
+    assert lexicon.word_constraint(tokenizer, LISTED).words == len(LISTED)
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where the folder would be")
+    monkeypatch.setenv("TEXTVAE_CACHE_DIR", str(blocked))
+    assert lexicon.word_constraint(tokenizer, LISTED).words == len(LISTED)

@@ -21,10 +21,22 @@ to a dead end.
 
 States are integers and the tables are tensors, so masking and advancing a
 batch of R rows is a few vectorised operations per step, no Python per row.
+
+Building the trie of a large list takes seconds (120,000 words: about 2.7 s,
+mostly tokenizing each word twice), paid by every command that decodes with
+known words. ``word_constraint`` keeps each one built in the user's cache
+folder (``TEXTVAE_CACHE_DIR``, else ``$XDG_CACHE_HOME/textvae`` or
+``~/.cache/textvae``; ``TEXTVAE_CACHE_DIR=off`` turns it off), under a hash of
+the tokenizer and the words, and loads it from there next time; a file it
+cannot read or write is passed over and the trie built.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import os
+from pathlib import Path
 from typing import Iterable, Optional
 
 import torch
@@ -32,6 +44,8 @@ from torch import Tensor
 
 from .errors import TextVAEError
 from .tokenization import clean_text
+
+log = logging.getLogger("textvae")
 
 # Fixed states: the roots (sentence start, after a word), inside a word off
 # the list (a prefix's own), and after punctuation that closed a word.
@@ -44,7 +58,7 @@ class WordConstraint:
     whitespace-free strings), as tensors for batched decoding."""
 
     def __init__(self, tokenizer, words: Iterable[str]) -> None:
-        words = sorted({w for raw in words for w in clean_text(raw).split()})  # as the tokenizer will see them
+        words = listed_words(words)
         if not words:
             raise TextVAEError("the word list for constrained decoding is empty")
         self.vocab_size, self.eos_id, self.words = tokenizer.vocab_size, tokenizer.eos_id, len(words)
@@ -87,15 +101,9 @@ class WordConstraint:
         for node in range(len(children) - 1, -1, -1):  # children after parents: theirs are final
             for child in children[node].values():
                 finish[node] = min(finish[node], finish[child] + 1)
-        counts = torch.tensor([len(c) for c in children])  # (N,)
-        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])  # (N+1,)
-        self.counts = counts
+        self.counts = torch.tensor([len(c) for c in children])  # (N,)
         self.child_tokens = torch.tensor([t for c in children for t in c], dtype=torch.long)  # (E,)
         self.child_nodes = torch.tensor([n for c in children for n in c.values()], dtype=torch.long)  # (E,)
-        parents = torch.repeat_interleave(torch.arange(len(children)), counts)  # (E,)
-        keys = parents * self.vocab_size + self.child_tokens
-        self.keys, order = keys.sort()  # (E,) node * V + token, for advancing by binary search
-        self.key_nodes = self.child_nodes[order]
         self.terminal = torch.tensor(ended)  # (N,) a sentence may end or another word begin here
         self.finish = torch.tensor(finish)  # (N,) fewest tokens from here to a whole word
         self.starts = torch.zeros(self.vocab_size, dtype=torch.bool)  # (V,) first tokens of a later word
@@ -105,12 +113,37 @@ class WordConstraint:
         # After a whole word: another, or punctuation that closes it ("day," "it)"), listed or not.
         self.punctuation = torch.zeros(self.vocab_size, dtype=torch.bool)
         self.punctuation[list(punctuation)] = True
-        self.follows = self.starts | self.punctuation
         # Inside a word off the list (a prefix's own): its pieces, a listed word, punctuation, or the end.
-        self.outside = self.follows.clone()
+        self.outside = self.starts | self.punctuation
         self.outside[list(tokenizer.word_pieces)] = True
         self.outside[self.eos_id] = True
+        self._index()
+
+    def _index(self) -> None:
+        """The tables derived from the stored ones (``STORED``): each node's
+        first edge, the sorted (node, token) keys for advancing, the tokens
+        that may follow a whole word."""
+        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), self.counts.cumsum(0)])  # (N+1,)
+        parents = torch.repeat_interleave(torch.arange(len(self.counts)), self.counts)  # (E,)
+        keys = parents * self.vocab_size + self.child_tokens
+        self.keys, order = keys.sort()  # (E,) node * V + token, for advancing by binary search
+        self.key_nodes = self.child_nodes[order]
+        self.follows = self.starts | self.punctuation
         self.device = torch.device("cpu")
+
+    def state(self) -> dict[str, Tensor]:
+        """What rebuilds it (``from_state``): the stored tables and sizes."""
+        sizes = torch.tensor([self.vocab_size, self.eos_id, self.words])
+        return {"sizes": sizes, **{name: getattr(self, name) for name in STORED}}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Tensor]) -> "WordConstraint":
+        self = cls.__new__(cls)
+        self.vocab_size, self.eos_id, self.words = (int(v) for v in state["sizes"])
+        for name in STORED:
+            setattr(self, name, state[name].long() if state[name].dtype != torch.bool else state[name])
+        self._index()
+        return self
 
     @property
     def nodes(self) -> int:
@@ -193,6 +226,51 @@ class WordConstraint:
         key = states * self.vocab_size + tokens
         where = torch.searchsorted(self.keys, key).clamp(max=len(self.keys) - 1)
         return torch.where(self.keys[where] == key, self.key_nodes[where], torch.full_like(states, -1))
+
+
+STORED = ("counts", "child_tokens", "child_nodes", "terminal", "finish", "starts", "start_finish", "punctuation",
+          "outside")
+CACHE_FORMAT = 1  # bump when the tables change meaning
+
+
+def listed_words(words: Iterable[str]) -> list[str]:
+    """The distinct words of ``words`` as the tokenizer will see them, sorted."""
+    return sorted({w for raw in words for w in clean_text(raw).split()})
+
+
+def cache_folder() -> Optional[Path]:
+    """Where built word constraints are kept (module docstring); None: off."""
+    chosen = os.environ.get("TEXTVAE_CACHE_DIR")
+    if chosen:
+        return None if chosen.lower() == "off" else Path(chosen)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "textvae"
+
+
+def word_constraint(tokenizer, words: Iterable[str]) -> WordConstraint:
+    """``WordConstraint(tokenizer, words)``, from the cache when it was built before."""
+    words = listed_words(words)
+    folder, to_str = cache_folder(), getattr(tokenizer.backend, "to_str", None)
+    if folder is None or to_str is None or not words:
+        return WordConstraint(tokenizer, words)
+    digest = hashlib.sha256(f"{CACHE_FORMAT}\n{tokenizer.eos_id}\n".encode())
+    digest.update(to_str().encode())
+    digest.update("\n".join(words).encode())
+    path = folder / f"words-{digest.hexdigest()[:32]}.pt"
+    if path.is_file():
+        try:
+            return WordConstraint.from_state(torch.load(path, weights_only=True))
+        except Exception as error:  # noqa: BLE001 (a damaged or foreign file: rebuild)
+            log.debug(f"the cached word list {path} could not be read ({error}); building it again")
+    built = WordConstraint(tokenizer, words)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        torch.save({k: v.to(torch.int32) if v.dtype == torch.long else v for k, v in built.state().items()}, partial)
+        os.replace(partial, path)
+    except OSError as error:
+        log.debug(f"the word list could not be cached in {folder} ({error})")
+    return built
 
 
 CLOSING = set(".,;:!?)]}'\"\u2019\u201d\u00bb\u2026")  # what may close a word: "day," "it)" "so?'"

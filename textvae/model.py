@@ -156,13 +156,13 @@ class TextVAE(BaseVAE):
     def word_constraint(self):
         """The training corpus's words as a decoding constraint (lexicon.py),
         built on first use from the tokenizer's word list."""
-        from .lexicon import WordConstraint
+        from .lexicon import word_constraint
 
         if self._word_constraint is None:
             if not self.tokenizer.words:
                 raise TextVAEError("this model has no word list (tokenizer/words.txt, written by `textvae train` "
                                    "since known-word decoding exists): give a list of words instead (--words FILE)")
-            self._word_constraint = WordConstraint(self.tokenizer, self.tokenizer.words)
+            self._word_constraint = word_constraint(self.tokenizer, self.tokenizer.words)
         return self._word_constraint
 
     # --------------------------------------------------------- persistence

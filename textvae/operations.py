@@ -16,6 +16,7 @@ from .errors import TextVAEError
 from .generation import GenerationConfig, generate
 from .latent import DiagonalGaussian
 from .lexicon import WordConstraint
+from .lexicon import word_constraint as cached_word_constraint
 from .prior import check_temperature
 from .threads import tick
 
@@ -62,7 +63,7 @@ def word_constraint(model, words=None) -> Optional[WordConstraint]:
         return words
     if isinstance(words, str):
         raise TextVAEError("words must be True, False, a WordConstraint or a list of words, not one string")
-    return WordConstraint(model.tokenizer, words)
+    return cached_word_constraint(model.tokenizer, words)
 
 
 def _decode(model, z: Optional[Tensor], n: int, settings: GenerationConfig, generator=None,
