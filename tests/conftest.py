@@ -8,8 +8,10 @@ any of its libraries is imported, so an unknown hub name fails at once.
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 # Built word lists (lexicon.py) are cached here, not in the user's cache folder.
 os.environ["TEXTVAE_CACHE_DIR"] = tempfile.mkdtemp(prefix="textvae-test-cache-")
+atexit.register(shutil.rmtree, os.environ["TEXTVAE_CACHE_DIR"], True)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -22,7 +22,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "textvae"
 LOWER = ["textvae.model", "textvae.base", "textvae.nn", "textvae.latent", "textvae.objectives",
          "textvae.data", "textvae.tokenization", "textvae.generation", "textvae.operations",
          "textvae.evaluation", "textvae.image", "textvae.config", "textvae.config_tree", "textvae.inference",
-         "textvae.lexicon"]
+         "textvae.lexicon", "textvae.word_cache"]
 BOTTOM = ["textvae.errors", "textvae.runtime", "textvae.run_folder", "textvae.config_tree", "textvae.builtin",
           "textvae.hub", "textvae.run_lock", "textvae.threads"]  # import only the leaves below
 # The layers bottom up (the README's layout section draws them): a module
@@ -35,7 +35,7 @@ LAYERS = [
     ["textvae.tokenization", "textvae.data", "textvae.latent", "textvae.objectives", "textvae.nn",
      "textvae.generation", "textvae.image.data", "textvae.image.batches", "textvae.image.layers",
      "textvae.image.config", "textvae.image.plots", "textvae.image.splits", "textvae.prior",
-     "textvae.inference", "textvae.lexicon"],
+     "textvae.inference", "textvae.lexicon", "textvae.word_cache"],
     ["textvae.base", "textvae.model", "textvae.operations", "textvae.image.model"],
     ["textvae.evaluation", "textvae.image.evaluate"],
     ["textvae.training"],

@@ -303,3 +303,22 @@ def test_completion_takes_any_number_of_proposals_with_an_exemplar_prior(tiny_mo
     monkeypatch.setattr(tiny_model, "prior", fitted_exemplars(k=5, dim=tiny_model.latent_dim))
     texts = tiny_model.complete("the cat", n=2, seed=0, proposals=proposals)
     assert len(texts) == 2 and all(t.startswith("the cat") for t in texts)
+
+
+def test_completion_weighs_exemplar_proposals_by_the_prefix_alone(tiny_model, monkeypatch):
+    """The stratified proposals are the prior itself, so with a prefix every z
+    explains equally, a tight exemplar and a broad one are each chosen half
+    the time (weighing by p(z) too would favour the tight one's dense draws).
+    512 proposals over 2 exemplars: 256 rounds of one draw each."""
+    from textvae import operations
+
+    prior = ExemplarPrior(tiny_model.latent_dim, 2)
+    means = torch.zeros(2, tiny_model.latent_dim)
+    means[1] += 50.0
+    prior.fit(means, torch.tensor([[-6.0], [2.0]]).expand(2, tiny_model.latent_dim).clone())
+    monkeypatch.setattr(tiny_model, "prior", prior)
+    monkeypatch.setattr(tiny_model, "sequence_log_likelihood", lambda inputs, targets, mask, z: z.new_zeros(len(z)))
+    z = operations.posterior_given_prefix(tiny_model, tiny_model.tokenizer.encode("the cat"), 4000, proposals=512,
+                                          generator=torch.Generator().manual_seed(0))
+    tight = float(((z - means[0]).norm(dim=-1) < 1.0).float().mean())
+    assert tight == pytest.approx(0.5, abs=0.05)

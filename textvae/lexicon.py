@@ -23,20 +23,11 @@ States are integers and the tables are tensors, so masking and advancing a
 batch of R rows is a few vectorised operations per step, no Python per row.
 
 Building the trie of a large list takes seconds (120,000 words: about 2.7 s,
-mostly tokenizing each word twice), paid by every command that decodes with
-known words. ``word_constraint`` keeps each one built in the user's cache
-folder (``TEXTVAE_CACHE_DIR``, else ``$XDG_CACHE_HOME/textvae`` or
-``~/.cache/textvae``; ``TEXTVAE_CACHE_DIR=off`` turns it off), under a hash of
-the tokenizer and the words, and loads it from there next time; a file it
-cannot read or write is passed over and the trie built.
+mostly tokenizing each word twice); ``word_cache.py`` keeps built ones.
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
-import os
-from pathlib import Path
 from typing import Iterable, Optional
 
 import torch
@@ -44,8 +35,6 @@ from torch import Tensor
 
 from .errors import TextVAEError
 from .tokenization import clean_text
-
-log = logging.getLogger("textvae")
 
 # Fixed states: the roots (sentence start, after a word), inside a word off
 # the list (a prefix's own), and after punctuation that closed a word.
@@ -138,10 +127,35 @@ class WordConstraint:
 
     @classmethod
     def from_state(cls, state: dict[str, Tensor]) -> "WordConstraint":
+        """The constraint ``state()`` describes, its tables checked for shape,
+        type and range (ValueError otherwise), so that no stored file can make
+        decoding index out of bounds."""
         self = cls.__new__(cls)
-        self.vocab_size, self.eos_id, self.words = (int(v) for v in state["sizes"])
+        sizes = state["sizes"]
+        if sizes.shape != (3,):
+            raise ValueError("sizes: not (vocabulary, eos, words)")
+        self.vocab_size, self.eos_id, self.words = (int(v) for v in sizes)
         for name in STORED:
-            setattr(self, name, state[name].long() if state[name].dtype != torch.bool else state[name])
+            table = state[name]
+            flags = name in ("terminal", "starts", "punctuation", "outside")
+            if table.dim() != 1 or (table.dtype == torch.bool) != flags or table.is_floating_point():
+                raise ValueError(f"{name}: not a 1-d {'bool' if flags else 'integer'} table")
+            setattr(self, name, table if flags else table.long())
+        nodes, vocab = len(self.counts), self.vocab_size
+        edges = int(self.counts.sum()) if nodes else -1
+        checks = {
+            "sizes": vocab > 0 and 0 <= self.eos_id < vocab and self.words > 0 and nodes > PUNCTUATION,
+            "counts": bool((self.counts >= 0).all()),
+            "edges": len(self.child_tokens) == len(self.child_nodes) == edges,
+            "child_tokens": bool(((self.child_tokens >= 0) & (self.child_tokens < vocab)).all()),
+            "child_nodes": bool(((self.child_nodes > 0) & (self.child_nodes < nodes)).all()),
+            "nodes": len(self.terminal) == len(self.finish) == nodes and bool((self.finish >= 0).all()),
+            "vocabulary": all(len(getattr(self, n)) == vocab for n in ("starts", "start_finish", "punctuation",
+                                                                        "outside")),
+        }
+        broken = [name for name, ok in checks.items() if not ok]
+        if broken:
+            raise ValueError(f"inconsistent tables: {', '.join(broken)}")
         self._index()
         return self
 
@@ -230,47 +244,11 @@ class WordConstraint:
 
 STORED = ("counts", "child_tokens", "child_nodes", "terminal", "finish", "starts", "start_finish", "punctuation",
           "outside")
-CACHE_FORMAT = 1  # bump when the tables change meaning
 
 
 def listed_words(words: Iterable[str]) -> list[str]:
     """The distinct words of ``words`` as the tokenizer will see them, sorted."""
     return sorted({w for raw in words for w in clean_text(raw).split()})
-
-
-def cache_folder() -> Optional[Path]:
-    """Where built word constraints are kept (module docstring); None: off."""
-    chosen = os.environ.get("TEXTVAE_CACHE_DIR")
-    if chosen:
-        return None if chosen.lower() == "off" else Path(chosen)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "textvae"
-
-
-def word_constraint(tokenizer, words: Iterable[str]) -> WordConstraint:
-    """``WordConstraint(tokenizer, words)``, from the cache when it was built before."""
-    words = listed_words(words)
-    folder, to_str = cache_folder(), getattr(tokenizer.backend, "to_str", None)
-    if folder is None or to_str is None or not words:
-        return WordConstraint(tokenizer, words)
-    digest = hashlib.sha256(f"{CACHE_FORMAT}\n{tokenizer.eos_id}\n".encode())
-    digest.update(to_str().encode())
-    digest.update("\n".join(words).encode())
-    path = folder / f"words-{digest.hexdigest()[:32]}.pt"
-    if path.is_file():
-        try:
-            return WordConstraint.from_state(torch.load(path, weights_only=True))
-        except Exception as error:  # noqa: BLE001 (a damaged or foreign file: rebuild)
-            log.debug(f"the cached word list {path} could not be read ({error}); building it again")
-    built = WordConstraint(tokenizer, words)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        torch.save({k: v.to(torch.int32) if v.dtype == torch.long else v for k, v in built.state().items()}, partial)
-        os.replace(partial, path)
-    except OSError as error:
-        log.debug(f"the word list could not be cached in {folder} ({error})")
-    return built
 
 
 CLOSING = set(".,;:!?)]}'\"\u2019\u201d\u00bb\u2026")  # what may close a word: "day," "it)" "so?'"

@@ -156,7 +156,7 @@ class TextVAE(BaseVAE):
     def word_constraint(self):
         """The training corpus's words as a decoding constraint (lexicon.py),
         built on first use from the tokenizer's word list."""
-        from .lexicon import word_constraint
+        from .word_cache import word_constraint
 
         if self._word_constraint is None:
             if not self.tokenizer.words:

@@ -16,7 +16,7 @@ from .errors import TextVAEError
 from .generation import GenerationConfig, generate
 from .latent import DiagonalGaussian
 from .lexicon import WordConstraint
-from .lexicon import word_constraint as cached_word_constraint
+from .word_cache import word_constraint as cached_word_constraint
 from .prior import check_temperature
 from .threads import tick
 
@@ -161,15 +161,16 @@ def posterior_given_prefix(model, prefix_ids: list[int], n: int, proposals: int 
     """
     device, dim = model.device, model.latent_dim
     tok = model.tokenizer
-    framed = torch.tensor([[tok.bos_id, *prefix_ids, tok.eos_id]], device=device)
-    batch = TextBatch(framed, torch.tensor([framed.shape[1]], device=device), torch.zeros(1, dtype=torch.long))
-    q = model.posterior(batch)  # (1, D)
-    half = proposals // 2
     stratified = hasattr(model.prior, "sample_each")
-    if stratified:  # each component once, or as often as the proposals allow
-        rounds = max(1, proposals // model.prior.components)
-        z = torch.cat([model.prior.sample_each(generator, device) for _ in range(rounds)])  # (rounds * K, D)
+    if stratified:  # each component once, as often as the proposals allow, the rest drawn at random
+        rounds, rest = divmod(proposals, model.prior.components)
+        z = torch.cat([model.prior.sample_each(generator, device) for _ in range(max(1, rounds))]
+                      + ([model.prior.sample(rest, generator, device)] if rounds else []))  # (K, D)
     else:
+        framed = torch.tensor([[tok.bos_id, *prefix_ids, tok.eos_id]], device=device)
+        batch = TextBatch(framed, torch.tensor([framed.shape[1]], device=device), torch.zeros(1, dtype=torch.long))
+        q = model.posterior(batch)  # (1, D)
+        half = proposals // 2
         from_prior = model.prior.sample(proposals - half, generator, device)
         from_q = q.sample(half, generator=generator).squeeze(1)  # (half, D)
         z = torch.cat([from_prior, from_q])  # (K, D)

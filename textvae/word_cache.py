@@ -1,0 +1,104 @@
+"""Built word constraints (lexicon.py) kept between commands.
+
+Building the trie of a large word list takes seconds (the 119,677 words of
+the built-in model: about 2.7 s, mostly tokenizing each word twice), and
+every command that decodes with known words needs it. ``word_constraint``
+keeps each one built in the user's cache folder (``TEXTVAE_CACHE_DIR``, else
+``$XDG_CACHE_HOME/textvae`` or ``~/.cache/textvae``; ``TEXTVAE_CACHE_DIR=off``
+turns it off), under a hash of everything the tables depend on: the
+tokenizer (its serialised form and special ids), the words, the building
+code's settings and the ``tokenizers`` version. It loads a file only if this
+user owns it and no one else may write it, with ``torch.load(weights_only=
+True)``, and checks its tables before use (``WordConstraint.from_state``); a
+file it cannot read, or a folder it cannot write, is passed over and the
+trie built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import stat
+import tempfile
+from pathlib import Path
+from typing import Iterable, Optional
+
+import torch
+
+from .lexicon import ANCHOR, CLOSING, WordConstraint, listed_words
+
+log = logging.getLogger("textvae")
+CACHE_FORMAT = 1  # bump when the tables change meaning
+
+
+def cache_folder() -> Optional[Path]:
+    """Where built word constraints are kept (module docstring); None: off."""
+    chosen = os.environ.get("TEXTVAE_CACHE_DIR")
+    if chosen:
+        return None if chosen.lower() == "off" else Path(chosen)
+    try:
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    except RuntimeError:  # no home folder
+        return None
+    return Path(base) / "textvae"
+
+
+def cache_key(tokenizer, words: list[str]) -> Optional[str]:
+    """A hash of everything the tables depend on; None for a tokenizer that cannot be serialised."""
+    to_str = getattr(tokenizer.backend, "to_str", None)
+    if to_str is None:
+        return None
+    import tokenizers
+
+    ids = (tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id, tokenizer.unk_id)
+    digest = hashlib.sha256(f"{CACHE_FORMAT}|{tokenizers.__version__}|{ids}|{ANCHOR}|{sorted(CLOSING)}\n".encode())
+    digest.update(to_str().encode())
+    digest.update("\n".join(words).encode())
+    return digest.hexdigest()[:32]
+
+
+def _trusted(path: Path) -> bool:
+    """This user's file, which no one else may write (a shared folder's files are not loaded)."""
+    info = path.stat()
+    owner = not hasattr(os, "getuid") or info.st_uid == os.getuid()
+    return stat.S_ISREG(info.st_mode) and owner and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def word_constraint(tokenizer, words: Iterable[str]) -> WordConstraint:
+    """``WordConstraint(tokenizer, words)``, from the cache when it was built before."""
+    words = listed_words(words)
+    folder = cache_folder()
+    key = cache_key(tokenizer, words) if folder is not None and words else None
+    if key is None:
+        return WordConstraint(tokenizer, words)
+    path = folder / f"words-{key}.pt"
+    try:
+        if path.is_file() and _trusted(path):
+            loaded = WordConstraint.from_state(torch.load(path, map_location="cpu", weights_only=True))
+            if (loaded.vocab_size, loaded.eos_id) == (tokenizer.vocab_size, tokenizer.eos_id):
+                return loaded
+    except Exception as error:  # noqa: BLE001 (a damaged or foreign file, a folder it cannot read: rebuild)
+        log.debug(f"the cached word list {path} could not be used ({error}); building it again")
+    built = WordConstraint(tokenizer, words)
+    _store(built, folder, path)
+    return built
+
+
+def _store(built: WordConstraint, folder: Path, path: Path) -> None:
+    """Write ``built`` to ``path`` atomically (a private temporary file, then
+    a rename); any failure is logged and passed over."""
+    partial = None
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        handle, partial = tempfile.mkstemp(dir=folder, prefix=f"{path.name}.", suffix=".tmp")
+        with os.fdopen(handle, "wb") as out:
+            state = {k: v.to(torch.int32) if v.dtype == torch.long else v for k, v in built.state().items()}
+            torch.save(state, out)
+        os.replace(partial, path)
+        partial = None
+    except Exception as error:  # noqa: BLE001 (torch.save reports a failed write as RuntimeError)
+        log.debug(f"the word list could not be cached in {folder} ({error})")
+    finally:
+        if partial is not None:
+            Path(partial).unlink(missing_ok=True)
