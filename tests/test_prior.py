@@ -252,9 +252,19 @@ def test_an_unknown_name_is_one_error_listing_the_builtin_models(cli, builtins, 
         TextVAE.from_pretrained("nope")
 
 
-def test_builtin_models_are_read_only_for_fit_prior(cli, builtins):
-    result = cli("fit-prior", builtins / "tiny")
-    assert result.code == 2 and "read-only" in result.err
+def test_builtin_models_are_read_only_for_fit_prior(cli, builtins, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for run in (builtins / "tiny", "tiny"):  # by its folder or by its name
+        result = cli("fit-prior", run, "--kind", "exemplar")
+        assert result.code == 2 and result.err_lines == ["textvae: error: built-in models are read-only; "
+                                                         "copy the folder to fit a new prior"]
+
+
+def test_info_reports_on_a_builtin_model_by_name(cli, builtins, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = cli("info", "tiny", "--get", "weights")
+    assert result.code == 0 and result.out_lines == ["true"]
+    assert cli("info", "runs/none").code == 2  # a path that does not exist stays a path
 
 
 def test_a_missing_path_is_a_missing_folder_not_a_model_name(cli, builtins, tmp_path):

@@ -39,6 +39,14 @@ def resolve_run(run: str | Path) -> Path:
     raise TextVAEError(f"{name} is neither a run folder nor a built-in model (built-in models: {names})")
 
 
+def builtin_or_path(run: str | Path) -> Path:
+    """``run`` as a path, or the built-in model of that name where no such
+    path exists (no error either way: for commands that report on a folder
+    that may not exist yet, such as ``info``)."""
+    path = Path(run)
+    return PRETRAINED_DIR / str(run) if not path.exists() and str(run) in builtin_names() else path
+
+
 def is_builtin(run_dir: Path) -> bool:
     """Whether ``run_dir`` lies inside the installed package's built-in models (read-only)."""
     return run_dir.resolve().is_relative_to(PRETRAINED_DIR.resolve())

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
+from ..builtin import builtin_or_path
 from ..errors import TextVAEError
 from ..training.info import RunInfo, run_info
 
@@ -24,7 +24,7 @@ def register(commands) -> None:
 
 
 def _info(args: argparse.Namespace) -> None:
-    info = run_info(Path(args.run))
+    info = run_info(builtin_or_path(args.run))
     facts = info.to_dict()
     if args.get:
         if args.get not in facts:

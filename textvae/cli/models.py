@@ -67,7 +67,7 @@ def _fit_prior(args: argparse.Namespace) -> None:
     from ..run_folder import CONFIG_FILE, WEIGHTS_FILE, save_weights, write_json_atomic
     from ..runtime import resolve_device
 
-    run = Path(args.run)
+    run = builtin.builtin_or_path(args.run)
     if not run.is_dir():
         raise TextVAEError(f"{run} is not a run directory (no such folder)")
     if builtin.is_builtin(run):
