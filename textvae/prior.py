@@ -68,8 +68,25 @@ class StandardNormalPrior(nn.Module):
         return temperature * torch.randn(n, self.latent_dim, generator=generator, device=device)
 
 
-class GaussianMixturePrior(nn.Module):
+class FittedPrior(nn.Module):
+    """A prior fitted after training (`textvae fit-prior`): a ``fitted`` flag
+    buffer, saved with the weights, and one clear error when used before."""
+
+    NAME, FIT = "", ""  # how the error names it, and the command that fits it
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("fitted", torch.zeros(()))  # 1 once fit() has run
+
+    def _check_fitted(self) -> None:
+        if not bool(self.fitted):
+            raise TextVAEError(f"the model's {self.NAME} is not fitted yet: run `{self.FIT}`")
+
+
+class GaussianMixturePrior(FittedPrior):
     """p(z) = sum_k w_k N(z; mu_k, L_k L_k^T), K components with full covariance."""
+
+    NAME, FIT = "mixture prior (model.prior=gmm)", "textvae fit-prior RUN"
 
     def __init__(self, latent_dim: int, components: int) -> None:
         super().__init__()
@@ -77,12 +94,6 @@ class GaussianMixturePrior(nn.Module):
         self.register_buffer("log_weights", torch.full((components,), -math.log(components)))  # (K,)
         self.register_buffer("means", torch.zeros(components, latent_dim))  # (K, D)
         self.register_buffer("scale_tril", torch.eye(latent_dim).repeat(components, 1, 1))  # (K, D, D)
-        self.register_buffer("fitted", torch.zeros(()))  # 1 once fit() has run
-
-    def _check_fitted(self) -> None:
-        if not bool(self.fitted):
-            raise TextVAEError("the model's mixture prior (model.prior=gmm) is not fitted yet: "
-                               "run `textvae fit-prior RUN`")
 
     def log_prob(self, z: Tensor) -> Tensor:
         self._check_fitted()
@@ -111,21 +122,17 @@ class GaussianMixturePrior(nn.Module):
         return figures
 
 
-class ExemplarPrior(nn.Module):
+class ExemplarPrior(FittedPrior):
     """p(z) = (1/K) sum_k N(z; mu_k, diag(exp(logvar_k))): the posteriors of K
     training sentences (the aggregate posterior; module docstring)."""
+
+    NAME, FIT = "exemplar prior (model.prior=exemplar)", "textvae fit-prior RUN --kind exemplar"
 
     def __init__(self, latent_dim: int, components: int) -> None:
         super().__init__()
         self.latent_dim, self.components = latent_dim, components
         self.register_buffer("means", torch.zeros(components, latent_dim))  # (K, D)
         self.register_buffer("logvars", torch.zeros(components, latent_dim))  # (K, D)
-        self.register_buffer("fitted", torch.zeros(()))  # 1 once fit() has run
-
-    def _check_fitted(self) -> None:
-        if not bool(self.fitted):
-            raise TextVAEError("the model's exemplar prior (model.prior=exemplar) is not fitted yet: "
-                               "run `textvae fit-prior RUN --kind exemplar`")
 
     def log_prob(self, z: Tensor) -> Tensor:
         self._check_fitted()
