@@ -2,7 +2,9 @@
 chunk of token_log_likelihood is one compiled kernel inside fused_scoring(),
 with the eager values, and so is each step of the LSTM decoder's recurrence
 under the samples; the IW driver uses them from FUSED_MIN_SAMPLES samples;
-they step aside when they cannot compile."""
+they step aside when they cannot compile. The native kernels, which take
+their place in bf16 on CPUs with AVX-512 BF16, are off here
+(test_native_kernels.py tests them)."""
 
 import shutil
 
@@ -17,6 +19,13 @@ from conftest import TEST, VALID, tiny_config
 
 CPU = torch.device("cpu")
 HELD_OUT = VALID + TEST[:3]  # 8 sentences the models never trained on
+
+
+@pytest.fixture(autouse=True)
+def without_native_kernels(monkeypatch):
+    from textvae.nn.native_kernels import NativeKernels
+
+    monkeypatch.setattr(NativeKernels, "enabled", False)
 
 
 @pytest.fixture

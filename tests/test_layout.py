@@ -24,11 +24,11 @@ LOWER = ["textvae.model", "textvae.base", "textvae.nn", "textvae.latent", "textv
          "textvae.evaluation", "textvae.image", "textvae.config", "textvae.config_tree", "textvae.inference",
          "textvae.lexicon", "textvae.word_cache"]
 BOTTOM = ["textvae.errors", "textvae.runtime", "textvae.run_folder", "textvae.config_tree", "textvae.builtin",
-          "textvae.hub", "textvae.run_lock", "textvae.threads"]  # import only the leaves below
+          "textvae.hub", "textvae.run_lock", "textvae.threads", "textvae.user_cache"]  # import only the leaves below
 # The layers bottom up (the README's layout section draws them): a module
 # imports its own layer and the ones below, never one above.
 LAYERS = [
-    ["textvae.errors", "textvae.threads"],  # leaves: they import nothing of textvae
+    ["textvae.errors", "textvae.threads", "textvae.user_cache"],  # leaves: they import nothing of textvae
     ["textvae.config_tree", "textvae.runtime", "textvae.run_folder", "textvae.builtin", "textvae.hub",
      "textvae.run_lock"],
     ["textvae.config"],

@@ -3,9 +3,9 @@
 Building the trie of a large word list takes seconds (the 119,677 words of
 the built-in model: about 2.7 s, mostly tokenizing each word twice), and
 every command that decodes with known words needs it. ``word_constraint``
-keeps each one built in the user's cache folder (``TEXTVAE_CACHE_DIR``, else
-``$XDG_CACHE_HOME/textvae`` or ``~/.cache/textvae``; ``TEXTVAE_CACHE_DIR=off``
-turns it off), under a hash of everything the tables depend on: the
+keeps each one built in the user's cache folder (user_cache.py:
+``TEXTVAE_CACHE_DIR``, else ``$XDG_CACHE_HOME/textvae`` or ``~/.cache/textvae``;
+``TEXTVAE_CACHE_DIR=off`` turns it off), under a hash of everything the tables depend on: the
 tokenizer (its serialised form and special ids), the words, the building
 code's settings and the ``tokenizers`` version. It loads a file only if this
 user owns it and no one else may write it, with ``torch.load(weights_only=
@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import stat
 import tempfile
 from pathlib import Path
 from typing import Iterable, Optional
@@ -27,21 +26,10 @@ from typing import Iterable, Optional
 import torch
 
 from .lexicon import ANCHOR, CLOSING, WordConstraint, listed_words
+from .user_cache import cache_folder, trusted
 
 log = logging.getLogger("textvae")
 CACHE_FORMAT = 1  # bump when the tables change meaning
-
-
-def cache_folder() -> Optional[Path]:
-    """Where built word constraints are kept (module docstring); None: off."""
-    chosen = os.environ.get("TEXTVAE_CACHE_DIR")
-    if chosen:
-        return None if chosen.lower() == "off" else Path(chosen)
-    try:
-        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    except RuntimeError:  # no home folder
-        return None
-    return Path(base) / "textvae"
 
 
 def cache_key(tokenizer, words: list[str]) -> Optional[str]:
@@ -58,13 +46,6 @@ def cache_key(tokenizer, words: list[str]) -> Optional[str]:
     return digest.hexdigest()[:32]
 
 
-def _trusted(path: Path) -> bool:
-    """This user's file, which no one else may write (a shared folder's files are not loaded)."""
-    info = path.stat()
-    owner = not hasattr(os, "getuid") or info.st_uid == os.getuid()
-    return stat.S_ISREG(info.st_mode) and owner and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-
-
 def word_constraint(tokenizer, words: Iterable[str]) -> WordConstraint:
     """``WordConstraint(tokenizer, words)``, from the cache when it was built before."""
     words = listed_words(words)
@@ -74,7 +55,7 @@ def word_constraint(tokenizer, words: Iterable[str]) -> WordConstraint:
         return WordConstraint(tokenizer, words)
     path = folder / f"words-{key}.pt"
     try:
-        if path.is_file() and _trusted(path):
+        if path.is_file() and trusted(path):
             loaded = WordConstraint.from_state(torch.load(path, map_location="cpu", weights_only=True))
             if (loaded.vocab_size, loaded.eos_id) == (tokenizer.vocab_size, tokenizer.eos_id):
                 return loaded

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import fused_scoring
+from . import fused_scoring, native_kernels
 
 # Logits per chunk: 2M fp32 values (8 MB) stay in the CPU's caches through the
 # projection, the fp32 cast and the log-softmax, where larger chunks spill out
@@ -26,10 +26,15 @@ def token_log_likelihood(hidden: Tensor, output: nn.Module, targets: Tensor, mas
     logits exist only for real tokens, and only ``chunk_tokens`` rows at a time
     in the forward pass (default: CHUNK_LOGITS values); log-softmax runs in
     fp32 even under bf16 autocast. Inside ``fused_scoring()`` and without
-    autograd, each chunk is one compiled kernel (fused_scoring.py).
+    autograd, each chunk is one compiled kernel (fused_scoring.py), or under
+    bf16 on a CPU with AVX-512 BF16 and no AMX, the whole is one native
+    kernel with no logits in memory (native_kernels.py).
     """
     batch = hidden.shape[0]
     rows = torch.arange(batch, device=hidden.device).unsqueeze(1).expand_as(mask)[mask]  # (N,)
+    native = native_kernels.score_tokens(hidden, output, targets, mask)  # (N,); None: it does not apply here
+    if native is not None:
+        return torch.zeros(batch, dtype=torch.float32).index_add(0, rows, native)
     states, gold = hidden[mask], targets[mask]  # (N, H), (N,)
     chunk_tokens = chunk_tokens or max(16, CHUNK_LOGITS // output.weight.shape[0])
     pieces = fused_scoring.score(output, states, gold, chunk_tokens)  # None: not inside fused_scoring()
@@ -48,17 +53,6 @@ SCREEN_BLOCK = 128  # logits per block of the first search
 SCREEN_DENSE_BLOCKS = 8  # a row with more blocks within reach takes the fp32 product
 BF16_UNIT = 2.0 ** -8  # unit roundoff of bf16 (8 significant bits, round to nearest)
 FP32_UNIT = 2.0 ** -24
-
-
-def _weights_key(output: nn.Linear) -> Optional[tuple]:
-    """Changes whenever the layer's weights do: in-place updates (optimiser
-    steps, load_state_dict) bump a tensor's version, a new tensor has a new
-    address. None (nothing kept) for inference tensors, which have no
-    version; writes through ``.data`` bypass the version and are not seen."""
-    params = [p for p in (output.weight, output.bias) if p is not None]
-    if any(p.is_inference() for p in params):
-        return None
-    return tuple((p.data_ptr(), p._version) for p in params)
 
 
 # Output layer -> (its weights' key, ScreenedArgmax._prepare of them): the bf16
@@ -95,7 +89,7 @@ class ScreenedArgmax:
 
     def __init__(self, output: nn.Linear) -> None:
         self.output = output
-        key = _weights_key(output)
+        key = fused_scoring.weights_key(output.weight, output.bias)
         prepared = _PREPARED.get(output)
         if key is None or prepared is None or prepared[0] != key:  # new or changed weights (training, loading)
             prepared = (key, self._prepare(output))
