@@ -187,3 +187,34 @@ def test_without_a_compiler_the_compiled_path_serves(fresh_library, monkeypatch,
     assert NativeKernels.failed and NativeKernels.library is None
     assert caplog.text.count("the native kernels are unavailable") == 1
     assert (first - reference(hidden, output, targets, mask)).abs().max() < 1e-2  # the compiled or eager path
+
+
+def test_a_library_in_a_folder_others_may_write_is_not_loaded(fresh_library, monkeypatch, tmp_path):
+    if native_kernels.library() is None:
+        pytest.skip("the native kernels could not be built here (no C++ compiler?)")
+    tmp_path.chmod(0o777)  # anyone could swap the file after the check
+    monkeypatch.setattr(NativeKernels, "library", None)
+    assert native_kernels.library() is not None and len(fresh_library) == 2  # built again, not loaded
+
+
+def test_no_rows_score_nothing(kernels):
+    output = nn.Linear(16, 40)
+    mask = torch.zeros(2, 3, dtype=torch.bool)
+    got = scored(torch.randn(2, 3, 16), output, torch.randint(0, 40, (2, 3)), mask)
+    assert torch.equal(got, torch.zeros(2)) and kernels == [0]
+
+
+def test_eval_records_whether_the_native_kernels_ran(kernels, cli, trained_run, shared_corpus, tmp_path):
+    """`textvae eval` in bf16 from 100 samples runs them, and says so in its
+    results; in fp32 it does not."""
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    for precision, ran in (("bf16", True), ("fp32", False)):
+        out = tmp_path / f"{precision}.json"
+        result = cli("-q", "eval", run, "--data", shared_corpus, "--iw-samples", "100", "--samples", "5",
+                     "--precision", precision, "--json", out)
+        assert result.code == 0, result.err
+        assert json.loads(out.read_text())["settings"]["native_kernels"] is ran

@@ -3,16 +3,20 @@
 
 It is ``TEXTVAE_CACHE_DIR``, else ``$XDG_CACHE_HOME/textvae`` or
 ``~/.cache/textvae``; ``TEXTVAE_CACHE_DIR=off`` turns caching off. A file
-there is used only if this user owns it and no one else may write it, and
-each is written whole (a private temporary file, then a rename).
+there is used only if this user owns it and the folder, and no one else may
+write either; each is written whole (a private temporary file, then a rename).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
+import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import BinaryIO, Callable, Optional
+
+log = logging.getLogger("textvae")
 
 
 def cache_folder() -> Optional[Path]:
@@ -27,8 +31,33 @@ def cache_folder() -> Optional[Path]:
     return Path(base) / "textvae"
 
 
-def trusted(path: Path) -> bool:
-    """This user's regular file, which no one else may write (a shared folder's files are not loaded)."""
-    info = path.stat()
+def _private(info: os.stat_result) -> bool:
     owner = not hasattr(os, "getuid") or info.st_uid == os.getuid()
-    return stat.S_ISREG(info.st_mode) and owner and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    return owner and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def trusted(path: Path) -> bool:
+    """This user's regular file, which no one else may write, in a folder
+    of this user's that no one else may write either (so the file cannot be
+    swapped after the check): a shared folder's files are not loaded."""
+    info = path.stat()
+    return stat.S_ISREG(info.st_mode) and _private(info) and _private(path.parent.stat())
+
+
+def store(path: Path, write: Callable[[BinaryIO], None], what: str) -> None:
+    """``write`` into a private temporary file beside ``path``, then rename it
+    to ``path``; a failure (an unusable folder, a failing write) is logged as
+    "``what`` could not be cached in ..." and passed over, with no partial file left."""
+    partial = None
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".tmp")
+        with os.fdopen(handle, "wb") as out:
+            write(out)
+        os.replace(partial, path)
+        partial = None
+    except Exception as error:  # noqa: BLE001 (torch.save reports a failed write as RuntimeError)
+        log.debug(f"{what} could not be cached in {path.parent} ({error})")
+    finally:
+        if partial is not None:
+            Path(partial).unlink(missing_ok=True)

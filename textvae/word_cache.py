@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Optional
 
 import torch
 
 from .lexicon import ANCHOR, CLOSING, WordConstraint, listed_words
-from .user_cache import cache_folder, trusted
+from .user_cache import cache_folder, store, trusted
 
 log = logging.getLogger("textvae")
 CACHE_FORMAT = 1  # bump when the tables change meaning
@@ -62,24 +60,11 @@ def word_constraint(tokenizer, words: Iterable[str]) -> WordConstraint:
     except Exception as error:  # noqa: BLE001 (a damaged or foreign file, a folder it cannot read: rebuild)
         log.debug(f"the cached word list {path} could not be used ({error}); building it again")
     built = WordConstraint(tokenizer, words)
-    _store(built, folder, path)
+    _store(built, path)
     return built
 
 
-def _store(built: WordConstraint, folder: Path, path: Path) -> None:
-    """Write ``built`` to ``path`` atomically (a private temporary file, then
-    a rename); any failure is logged and passed over."""
-    partial = None
-    try:
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        handle, partial = tempfile.mkstemp(dir=folder, prefix=f"{path.name}.", suffix=".tmp")
-        with os.fdopen(handle, "wb") as out:
-            state = {k: v.to(torch.int32) if v.dtype == torch.long else v for k, v in built.state().items()}
-            torch.save(state, out)
-        os.replace(partial, path)
-        partial = None
-    except Exception as error:  # noqa: BLE001 (torch.save reports a failed write as RuntimeError)
-        log.debug(f"the word list could not be cached in {folder} ({error})")
-    finally:
-        if partial is not None:
-            Path(partial).unlink(missing_ok=True)
+def _store(built: WordConstraint, path: Path) -> None:
+    """Write ``built`` to ``path`` whole; a failure is logged and passed over."""
+    state = {k: v.to(torch.int32) if v.dtype == torch.long else v for k, v in built.state().items()}
+    store(path, lambda out: torch.save(state, out), "the word list")

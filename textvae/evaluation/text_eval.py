@@ -31,6 +31,7 @@ from typing import Any, Optional
 import torch
 
 from ..data import TextBatches, TextSplit
+from ..nn.native_kernels import NativeKernels
 from ..operations import reconstruct_batch
 from ..runtime import autocast_context
 from ..threads import tick
@@ -92,6 +93,7 @@ def evaluate_text(model, split: TextSplit, settings: EvalSettings, device: torch
     cost = lambda batch: int(batch.lengths.sum()) - len(batch)  # noqa: E731  a pass costs about its tokens
     left = tokens - sum(cost(batch) for batch in itertools.islice(data.iterate(), done))
     bar = progress(left, f"IW-NLL ({settings.iw_samples} samples)", "tokens")
+    native_before = NativeKernels.calls
     nll = importance_weighted_nll(model, data.iterate(), settings.iw_samples, device, settings.iw_chunk, autocast,
                                   settings.seed, lambda batch: bar.update(cost(batch)), journal)
     bar.close()
@@ -120,7 +122,8 @@ def evaluate_text(model, split: TextSplit, settings: EvalSettings, device: torch
         examples=samples[:5],
     )
     result["settings"] = {**asdict(settings), "refine_steps": model.config.objective.refine_steps,
-                          "known_words": model.config.model.known_words}
+                          "known_words": model.config.model.known_words,
+                          "native_kernels": NativeKernels.calls > native_before}  # nn/native_kernels.py ran
     result["timings"] = {k: round(v, 2) for k, v in timings.items()}
     return result
 

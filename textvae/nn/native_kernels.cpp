@@ -237,6 +237,7 @@ int textvae_score(const uint16_t* states, const int64_t* rows, const int64_t* go
                   const uint16_t* packed, const float* bias, int64_t padded_vocab, int64_t hidden,
                   const uint16_t* weight, const float* plain_bias, float* out, int threads) {
     if (hidden % 2 || padded_vocab % (16 * GROUPS)) return 1;
+    if (n <= 0) return 0;
     const Problem p{states, rows, gold, n, packed, bias, padded_vocab / 16, hidden, weight, plain_bias, out};
     std::atomic<int64_t> next(0);
     const int64_t wanted = std::min<int64_t>(std::max(threads, 1), (n + BLOCK_ROWS - 1) / BLOCK_ROWS);
@@ -258,6 +259,7 @@ int textvae_lstm_step(const uint16_t* h, int64_t h_stride, const uint16_t* z, in
                       int64_t hidden, const float* word, int64_t batch, float* c, uint16_t* out, int64_t out_stride,
                       int64_t rows, int threads) {
     if (hidden % 16 || latent % 2) return 1;
+    if (rows <= 0) return 0;
     const Step p{h, h_stride, z, latent, packed, hidden, word, batch, c, out, out_stride, rows};
     std::atomic<int64_t> next(0);
     const int64_t wanted = std::min<int64_t>(std::max(threads, 1), (rows + STEP_BLOCK - 1) / STEP_BLOCK);

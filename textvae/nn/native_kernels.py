@@ -30,7 +30,8 @@ the process's OpenMP pool (torch's), at torch's thread count. It is compiled
 on first use with the system's C++ compiler (``CXX`` or g++, about two
 seconds) and kept in the user's cache folder (user_cache.py) under a hash of
 its source, flags and compiler; where it cannot be built or loaded, that is
-logged once and the compiled or eager path serves.
+logged once and the compiled or eager path serves. ``TEXTVAE_NATIVE_KERNELS=off``
+turns them off.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from ..user_cache import cache_folder, trusted
+from ..user_cache import cache_folder, store, trusted
 from . import fused_scoring
 
 log = logging.getLogger("textvae")
@@ -63,11 +64,13 @@ PAD_LOGIT = -1e30  # the padding columns' bias: exp() of it is 0 beside any real
 
 class NativeKernels:
     """The kernels' state in this process: ``enabled`` (False turns them off,
-    for timing against the compiled kernels), and the library once loaded."""
+    for timing against the compiled kernels; ``TEXTVAE_NATIVE_KERNELS=off``
+    starts a process with them off), and the library once loaded."""
 
-    enabled = True
+    enabled = os.environ.get("TEXTVAE_NATIVE_KERNELS", "").lower() not in ("off", "0")
     library: Optional[ctypes.CDLL] = None
     failed = False  # building or loading failed once: not tried again
+    calls = 0  # native calls made in this process (evaluation results say whether they ran)
 
 
 def cpu_flags() -> set[str]:
@@ -122,25 +125,8 @@ def _load() -> ctypes.CDLL:
         _compile(compiler, built)
         library = ctypes.CDLL(str(built))  # loaded: the file may go
         if cached is not None:
-            _store(built, cached)
+            store(cached, lambda out: out.write(built.read_bytes()), "the native kernels")
         return library
-
-
-def _store(built: Path, path: Path) -> None:
-    """Copy ``built`` to ``path`` whole (temporary file, then rename); failures are logged and passed over."""
-    partial = None
-    try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        handle, partial = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".tmp")
-        with os.fdopen(handle, "wb") as out:
-            out.write(built.read_bytes())
-        os.replace(partial, path)
-        partial = None
-    except OSError as error:
-        log.debug(f"the native kernels could not be cached in {path.parent} ({error})")
-    finally:
-        if partial is not None:
-            Path(partial).unlink(missing_ok=True)
 
 
 def library() -> Optional[ctypes.CDLL]:
@@ -243,7 +229,10 @@ def score_tokens(hidden: Tensor, output: nn.Module, targets: Tensor, mask: Tenso
                                pointer(padded_bias.data_ptr()), ctypes.c_int64(packed.shape[0] * 16),
                                ctypes.c_int64(width), pointer(weight.data_ptr()), pointer(bias.data_ptr()),
                                pointer(out.data_ptr()), ctypes.c_int(torch.get_num_threads()))
-    return None if failed else out
+    if failed:
+        return None
+    NativeKernels.calls += 1
+    return out
 
 
 def lstm_recurrence(lstm: nn.Module, words: int, h: Tensor, c: Tensor, word_gates: Tensor, z: Optional[Tensor],
@@ -284,4 +273,5 @@ def lstm_recurrence(lstm: nn.Module, words: int, h: Tensor, c: Tensor, word_gate
                                  pointer(cell.data_ptr()), pointer(out.data_ptr()), ctypes.c_int64(out.stride(0)),
                                  ctypes.c_int64(rows), threads):
             return False
+    NativeKernels.calls += 1
     return True
