@@ -104,20 +104,21 @@ def test_the_kernels_stay_out_of_autograd_fp32_and_odd_widths(kernels):
     hidden, targets, mask = torch.randn(2, 4, 15), torch.randint(0, 40, (2, 4)), torch.ones(2, 4, dtype=torch.bool)
     scored(hidden, output, targets, mask)  # an odd width: the compiled kernel serves
     even = nn.Linear(16, 40)
-    with fused_scoring.fused_scoring():  # fp32
+    with torch.no_grad(), fused_scoring.fused_scoring():  # fp32
         token_log_likelihood(torch.randn(2, 4, 16), even, targets, mask)
     with torch.autocast("cpu", dtype=torch.bfloat16), fused_scoring.fused_scoring():  # autograd on
         token_log_likelihood(torch.randn(2, 4, 16, requires_grad=True), even, targets, mask)
     assert kernels == []
 
 
-@pytest.mark.parametrize("latent_to_decoder, latent", [("both", 4), ("input", 3), ("init", 4)])
-def test_the_lstm_steps_give_the_compiled_states(kernels, word_tokenizer, latent_to_decoder, latent):
+@pytest.mark.parametrize("latent_to_decoder, latent, width", [("both", 4, 16), ("input", 3, 32), ("init", 4, 48)])
+def test_the_lstm_steps_give_the_compiled_states(kernels, word_tokenizer, latent_to_decoder, latent, width):
     """states_under_samples under bf16: the native steps against the same
     recurrence in torch, within bf16 rounding of h (an odd latent size is
-    padded; with z only in the initial state there are no z columns)."""
+    padded; with z only in the initial state there are no z columns; two and
+    three groups of 16 units)."""
     torch.manual_seed(0)
-    config = tiny_config(model={"latent_to_decoder": latent_to_decoder, "latent_dim": latent})
+    config = tiny_config(model={"latent_to_decoder": latent_to_decoder, "latent_dim": latent, "hidden_dim": width})
     model = TextVAE(config, word_tokenizer).eval()
     inputs = decoder_io(model.batch(HELD_OUT))[0]
     z = torch.randn(5, len(HELD_OUT), latent)
@@ -218,3 +219,31 @@ def test_eval_records_whether_the_native_kernels_ran(kernels, cli, trained_run, 
                      "--precision", precision, "--json", out)
         assert result.code == 0, result.err
         assert json.loads(out.read_text())["settings"]["native_kernels"] is ran
+
+
+def test_a_nan_stays_a_nan(kernels, word_tokenizer):
+    """A NaN weight or state gives NaN, as torch does, not a finite figure
+    that would hide a diverged model."""
+    torch.manual_seed(4)
+    output = nn.Linear(16, 60)
+    with torch.no_grad():
+        output.weight[7, 0] = float("nan")  # not a gold entry: only the log-sum-exp sees it
+    hidden, mask = torch.randn(2, 3, 16), torch.ones(2, 3, dtype=torch.bool)
+    targets = torch.randint(8, 60, (2, 3))
+    assert scored(hidden, output, targets, mask).isnan().all()
+    model = TextVAE(tiny_config(model={"latent_to_decoder": "both"}), word_tokenizer).eval()
+    with torch.no_grad():
+        model.decoder.lstm.weight_hh_l0[0, 0] = float("nan")
+    inputs = decoder_io(model.batch(HELD_OUT[:2]))[0]
+    calls = NativeKernels.calls
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), fused_scoring.fused_scoring():
+        states = model.decoder.states_under_samples(inputs, torch.randn(3, 2, 4))
+    assert NativeKernels.calls == calls + 1 and states.float().isnan().any()
+
+
+def test_shapes_that_do_not_fit_are_left_to_torch(kernels):
+    output = nn.Linear(16, 40)
+    targets, mask = torch.randint(0, 40, (2, 4)), torch.ones(2, 4, dtype=torch.bool)
+    with pytest.raises(RuntimeError):  # torch's shape error, not a read past the weights
+        scored(torch.randn(2, 4, 18), output, targets, mask)
+    assert kernels == []

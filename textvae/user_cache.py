@@ -1,10 +1,12 @@
 """The user's cache folder, shared by what textvae keeps between commands
-(word_cache.py's word tries, nn/native_scoring.py's compiled kernel).
+(word_cache.py's word tries, nn/native_kernels.py's compiled library).
 
 It is ``TEXTVAE_CACHE_DIR``, else ``$XDG_CACHE_HOME/textvae`` or
 ``~/.cache/textvae``; ``TEXTVAE_CACHE_DIR=off`` turns caching off. A file
-there is used only if this user owns it and the folder, and no one else may
-write either; each is written whole (a private temporary file, then a rename).
+there is read only if this user owns it and its folder and no one else may
+write either, and it is checked on the open file (``open_trusted``), so it
+cannot be swapped between the check and the read; each is written whole (a
+private temporary file, then a rename).
 """
 
 from __future__ import annotations
@@ -36,12 +38,24 @@ def _private(info: os.stat_result) -> bool:
     return owner and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
 
 
-def trusted(path: Path) -> bool:
-    """This user's regular file, which no one else may write, in a folder
-    of this user's that no one else may write either (so the file cannot be
-    swapped after the check): a shared folder's files are not loaded."""
-    info = path.stat()
-    return stat.S_ISREG(info.st_mode) and _private(info) and _private(path.parent.stat())
+def open_trusted(path: Path) -> Optional[BinaryIO]:
+    """``path`` opened for reading if it is this user's regular file (not a
+    link) that no one else may write, in a folder of this user's that no one
+    else may write: a shared folder's files are not used. None where it is
+    missing or not trusted; checked on the opened file itself."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        handle = os.open(path, flags)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(handle)
+        if stat.S_ISREG(info.st_mode) and _private(info) and _private(path.parent.stat()):
+            return os.fdopen(handle, "rb")
+    except OSError:
+        pass
+    os.close(handle)
+    return None
 
 
 def store(path: Path, write: Callable[[BinaryIO], None], what: str) -> None:

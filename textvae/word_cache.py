@@ -24,7 +24,7 @@ from typing import Iterable, Optional
 import torch
 
 from .lexicon import ANCHOR, CLOSING, WordConstraint, listed_words
-from .user_cache import cache_folder, store, trusted
+from .user_cache import cache_folder, open_trusted, store
 
 log = logging.getLogger("textvae")
 CACHE_FORMAT = 1  # bump when the tables change meaning
@@ -53,8 +53,10 @@ def word_constraint(tokenizer, words: Iterable[str]) -> WordConstraint:
         return WordConstraint(tokenizer, words)
     path = folder / f"words-{key}.pt"
     try:
-        if path.is_file() and trusted(path):
-            loaded = WordConstraint.from_state(torch.load(path, map_location="cpu", weights_only=True))
+        kept = open_trusted(path)
+        if kept is not None:
+            with kept:
+                loaded = WordConstraint.from_state(torch.load(kept, map_location="cpu", weights_only=True))
             if (loaded.vocab_size, loaded.eos_id) == (tokenizer.vocab_size, tokenizer.eos_id):
                 return loaded
     except Exception as error:  # noqa: BLE001 (a damaged or foreign file, a folder it cannot read: rebuild)

@@ -23,6 +23,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace {
@@ -34,6 +35,13 @@ constexpr int64_t BLOCK_ROWS = 96;      // rows a thread takes at a time
 constexpr float START = -1e30f;         // the running maximum before any logit (finite: no inf - inf)
 
 inline __m512bh as_bh(__m512i x) { return (__m512bh)x; }
+
+// Two bf16 values, broadcast to every 32-bit lane (one vdpbf16ps operand).
+inline __m512i pair(const uint16_t* p) {
+    int32_t both;
+    std::memcpy(&both, p, sizeof both);
+    return _mm512_set1_epi32(both);
+}
 
 // exp(x) in fp32 for x in [-87, 88]: x = n ln2 + r, |r| <= ln2 / 2, e^r by
 // its degree-6 Taylor polynomial (relative error below 2e-7 there), times 2^n
@@ -53,10 +61,15 @@ inline __m512 exp_in_range(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
-inline __m512 exp_nonpositive(__m512 x) { return exp_in_range(_mm512_max_ps(x, _mm512_set1_ps(-87.0f))); }
+// The clamps take the constant first: vmaxps/vminps return their second operand
+// when either is NaN, so a NaN goes through (as exp(NaN) does) instead of
+// becoming exp(-87).
+inline __m512 exp_nonpositive(__m512 x) { return exp_in_range(_mm512_max_ps(_mm512_set1_ps(-87.0f), x)); }
 
 // exp(x) for any x (clamped to [-87, 88], where fp32 stays finite and normal).
-inline __m512 exp_any(__m512 x) { return exp_in_range(_mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f))); }
+inline __m512 exp_any(__m512 x) {
+    return exp_in_range(_mm512_min_ps(_mm512_set1_ps(88.0f), _mm512_max_ps(_mm512_set1_ps(-87.0f), x)));
+}
 
 inline __m512 sigmoid(__m512 x) {
     const __m512 one = _mm512_set1_ps(1.0f);
@@ -96,7 +109,7 @@ inline void tile(const Problem& p, const uint16_t* const* row, int64_t group, in
         __m512i b[GROUPS];
         for (int j = 0; j < GROUPS; ++j) b[j] = _mm512_loadu_si512(w + (j * pairs + k) * 32);
         for (int i = 0; i < MR; ++i) {
-            const __m512i a = _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(row[i] + 2 * k));
+            const __m512i a = pair(row[i] + 2 * k);
             for (int j = 0; j < GROUPS; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], as_bh(a), as_bh(b[j]));
         }
     }
@@ -186,19 +199,20 @@ inline void step_tile(const Step& p, int64_t r0, int valid, int64_t u) {
     for (int i = 0; i < STEP_MR; ++i) {
         const int64_t r = r0 + std::min(i, valid - 1);
         row[i] = p.h + r * p.h_stride;
-        zrow[i] = p.latent ? p.z + r * p.latent - p.hidden : row[i];  // zrow[i] + 2 k: z from k = H / 2 on
+        zrow[i] = p.latent ? p.z + r * p.latent : row[i];
     }
     __m512 acc[STEP_MR][4];
     for (int i = 0; i < STEP_MR; ++i)
         for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_setzero_ps();
     const uint16_t* w = p.packed + u * 4 * pairs * 32;
     for (int part = 0; part < 2; ++part) {
-        const uint16_t* const* from = part == 0 ? row : zrow;
-        for (int64_t k = part == 0 ? 0 : own; k < (part == 0 ? own : pairs); ++k) {
+        const uint16_t* const* from = part == 0 ? row : zrow;  // h's pairs, then z's
+        const int64_t start = part == 0 ? 0 : own, end = part == 0 ? own : pairs;
+        for (int64_t k = start; k < end; ++k) {
             __m512i b[4];
             for (int j = 0; j < 4; ++j) b[j] = _mm512_loadu_si512(w + (j * pairs + k) * 32);
             for (int i = 0; i < STEP_MR; ++i) {
-                const __m512i a = _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(from[i] + 2 * k));
+                const __m512i a = pair(from[i] + 2 * (k - start));
                 for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], as_bh(a), as_bh(b[j]));
             }
         }

@@ -41,6 +41,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -51,7 +52,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from ..user_cache import cache_folder, store, trusted
+from ..user_cache import cache_folder, open_trusted, store
 from . import fused_scoring
 
 log = logging.getLogger("textvae")
@@ -67,7 +68,7 @@ class NativeKernels:
     for timing against the compiled kernels; ``TEXTVAE_NATIVE_KERNELS=off``
     starts a process with them off), and the library once loaded."""
 
-    enabled = os.environ.get("TEXTVAE_NATIVE_KERNELS", "").lower() not in ("off", "0")
+    enabled = os.environ.get("TEXTVAE_NATIVE_KERNELS", "").strip().lower() not in ("off", "0", "false", "no")
     library: Optional[ctypes.CDLL] = None
     failed = False  # building or loading failed once: not tried again
     calls = 0  # native calls made in this process (evaluation results say whether they ran)
@@ -97,29 +98,31 @@ def cpu_supported() -> bool:
     return _SUPPORTED
 
 
-def _compile(compiler: str, target: Path) -> None:
+def _compile(compiler: list[str], target: Path) -> None:
     """Build the library at ``target`` (raises on failure)."""
-    done = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(target)], capture_output=True, text=True,
+    done = subprocess.run([*compiler, *FLAGS, str(SOURCE), "-o", str(target)], capture_output=True, text=True,
                           timeout=300)
     if done.returncode != 0:
         first = (done.stderr.strip().splitlines() or ["no message"])[0]
-        raise RuntimeError(f"{compiler} failed: {first[:200]}")
+        raise RuntimeError(f"{' '.join(compiler)} failed: {first[:200]}")
 
 
 def _load() -> ctypes.CDLL:
     """The library from the cache, or compiled now (and cached where the folder allows)."""
-    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if not compiler:
+    compiler = shlex.split(os.environ.get("CXX", "")) or [shutil.which("g++") or shutil.which("c++") or ""]
+    if not compiler[0]:
         raise RuntimeError("no C++ compiler (set CXX, or install g++)")
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
+    version = subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
     digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + version.encode()).hexdigest()[:24]
     folder = cache_folder()
     cached = folder / f"kernels-{digest}.so" if folder is not None else None
-    if cached is not None and cached.is_file() and trusted(cached):
-        try:
-            return ctypes.CDLL(str(cached))
-        except OSError as error:  # a damaged file: build it again
-            log.debug(f"the cached kernel {cached} could not be loaded ({error}); building it again")
+    kept = open_trusted(cached) if cached is not None else None
+    if kept is not None:
+        with kept:  # loaded through the checked open file, which cannot have been swapped
+            try:
+                return ctypes.CDLL(f"/proc/self/fd/{kept.fileno()}")
+            except OSError as error:  # a damaged file: build it again
+                log.debug(f"the cached kernels {cached} could not be loaded ({error}); building them again")
     with tempfile.TemporaryDirectory(prefix="textvae-kernel-") as scratch:
         built = Path(scratch) / "kernels.so"
         _compile(compiler, built)
@@ -210,6 +213,8 @@ def score_tokens(hidden: Tensor, output: nn.Module, targets: Tensor, mask: Tenso
     fp32; None where the kernel does not apply or is unavailable."""
     if type(output) is not nn.Linear or hidden.shape[-1] % 2 or not applies(hidden, output.weight):
         return None
+    if output.weight.shape[1] != hidden.shape[-1] or not targets.shape == mask.shape == hidden.shape[:-1]:
+        return None  # torch's own path says what does not fit
     lib = library()
     if lib is None:
         return None
@@ -247,6 +252,12 @@ def lstm_recurrence(lstm: nn.Module, words: int, h: Tensor, c: Tensor, word_gate
     unavailable."""
     rows, steps, width = hidden.shape
     if width % 16 or hidden.dtype != torch.bfloat16 or not applies(hidden, lstm.weight_hh_l0):
+        return False
+    batch = word_gates.shape[1] if word_gates.dim() == 3 else 0
+    fits = (hidden.is_contiguous() and batch and rows % batch == 0 and word_gates.shape == (steps, batch, 4 * width)
+            and h.shape == c.shape == (rows, width) and lstm.weight_hh_l0.shape == (4 * width, width)
+            and (z is None or (z.numel() == rows * (lstm.weight_ih_l0.shape[1] - words))))
+    if not fits:
         return False
     lib = library()
     if lib is None:
