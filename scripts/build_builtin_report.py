@@ -9,6 +9,8 @@ import shlex
 import subprocess
 from pathlib import Path
 
+from textvae.run_folder import NORMAL_PRIOR, eval_file
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -71,7 +73,7 @@ def build_report(out: Path, report: dict, args) -> dict:
     whether the model reached the bar and is exported into the package)."""
     vae_eval = json.loads((out / "vae" / "eval_test.json").read_text())
     lm_eval = json.loads((out / "lm" / "eval_test.json").read_text())
-    normal_file = out / "vae" / "eval_test_normal_prior.json"  # the same VAE under N(0, I)
+    normal_file = out / "vae" / eval_file("test", NORMAL_PRIOR)  # the same VAE under N(0, I)
     normal_eval = json.loads(normal_file.read_text()) if normal_file.exists() else None
     vae_train, lm_train = _train_summary(out / "vae"), _train_summary(out / "lm")
     fluency = report["fluency"]

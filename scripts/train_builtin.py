@@ -44,6 +44,8 @@ import sys
 import time
 from pathlib import Path
 
+from textvae.run_folder import NORMAL_PRIOR, eval_file
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = "configs/builtin/wordnet.yaml"
 PRIOR_TEMPERATURES = (0.7, 0.5)  # fluency rows beside T = 1
@@ -265,7 +267,7 @@ def main() -> None:
     if "eval" in stages:
         # The VAE under its fitted prior (the two-stage model) and under N(0, I), the prior it trained with.
         for name, prior in (("vae", "run"), ("vae", "normal"), ("lm", "run")):
-            if not (out / name / f"eval_test{'_normal_prior' if prior == 'normal' else ''}.json").exists():
+            if not (out / name / eval_file("test", NORMAL_PRIOR if prior == "normal" else "")).exists():
                 textvae("eval", out / name, "--data", args.data, "--split", "test", "--iw-samples", args.iw_samples,
                         "--batch-size", 64, "--samples", 1000, "--prior", prior, threads=args.threads,
                         log=out / "log.txt")

@@ -46,8 +46,12 @@ OPTIMIZER_FILE = "optimizer.pt"  # in checkpoint/: optimiser and random-number s
 KINDS = {"text": "a text VAE", "image": "an MNIST VAE"}  # config.json's "kind" -> what the messages call it
 
 
+NORMAL_PRIOR = "_normal_prior"  # eval_file's suffix for `textvae eval --prior normal`
+
+
 def eval_file(split: str, suffix: str = "") -> str:
-    """``eval_test.json``, or ``eval_test_limit500_seed0.json`` for a subset."""
+    """``eval_test.json``, ``eval_test_normal_prior.json`` under N(0, I)
+    (suffix NORMAL_PRIOR), or ``eval_test_limit500_seed0.json`` for a subset."""
     return f"eval_{split}{suffix}.json"
 
 

@@ -10,7 +10,7 @@ from .. import builtin
 from ..builtin import resolve_run
 from ..errors import TextVAEError
 from ..evaluation.results import compare_table, read_run_result
-from ..run_folder import check_output_file, eval_file, write_json_atomic
+from ..run_folder import NORMAL_PRIOR, check_output_file, eval_file, write_json_atomic
 from .args import seed
 from .use import add_refine, set_refine
 
@@ -69,7 +69,7 @@ def _eval(args: argparse.Namespace) -> None:
     if args.prior == "normal" and model.config.model.prior != "normal":
         from ..prior import StandardNormalPrior
 
-        model.prior, suffix = StandardNormalPrior(model.latent_dim), "_normal_prior"
+        model.prior, suffix = StandardNormalPrior(model.latent_dim), NORMAL_PRIOR
     texts = read_texts(args.data, [args.split], model.config.data.text_column)
     if args.split not in texts:
         raise TextVAEError(f"{args.data} has no {args.split} split")
