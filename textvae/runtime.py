@@ -42,16 +42,28 @@ def describe_device(device: torch.device) -> str:
     return f"{device}, {describe_threads()}, {cpu_name()} ({bf16})"
 
 
-@lru_cache(maxsize=1)
-def cpu_name() -> str:
-    """The CPU's model name as the kernel reports it (Linux), else the platform's."""
+@lru_cache(maxsize=None)
+def _cpuinfo(field: str) -> str:
+    """The first ``field`` line's value in /proc/cpuinfo (Linux); "" elsewhere."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.split(":", 1)[0].strip() == field:
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or "unknown CPU"
+    return ""
+
+
+@lru_cache(maxsize=1)
+def cpu_name() -> str:
+    """The CPU's model name as the kernel reports it (Linux), else the platform's."""
+    return _cpuinfo("model name") or platform.processor() or "unknown CPU"
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux reports them ("avx512_bf16", "amx_bf16", ...; empty elsewhere)."""
+    return frozenset(_cpuinfo("flags").split())
 
 
 def native_bf16(device: torch.device) -> bool:

@@ -147,19 +147,6 @@ def score(output: nn.Module, states: Tensor, gold: Tensor, rows: int) -> Optiona
     return pieces
 
 
-def weights_key(*params: Optional[Tensor]) -> Optional[tuple]:
-    """Changes whenever the given weights do (None ones are skipped):
-    in-place updates (optimiser steps, load_state_dict) bump a tensor's
-    version, a new tensor has a new address (or, at a reused one, maybe
-    another shape or dtype). None (nothing to keep) for
-    inference tensors, which have no version; writes through ``.data``
-    bypass the version and are not seen."""
-    params = [p for p in params if p is not None]
-    if any(p.is_inference() for p in params):
-        return None
-    return tuple((p.data_ptr(), p._version, p.shape, p.dtype) for p in params)
-
-
 def unavailable() -> bool:
     """True once compiling one of the kernels has failed in this process (the eager path serves it)."""
     return any(kernel.broken for kernel in KERNELS)

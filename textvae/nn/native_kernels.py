@@ -45,15 +45,17 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-import weakref
+from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
+from .. import runtime
 from ..user_cache import cache_folder, open_trusted, store
 from . import fused_scoring
+from .prepared import prepared
 
 log = logging.getLogger("textvae")
 
@@ -74,28 +76,11 @@ class NativeKernels:
     calls = 0  # native calls made in this process (evaluation results say whether they ran)
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags as Linux reports them (empty elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-_SUPPORTED: Optional[bool] = None
-
-
+@lru_cache(maxsize=1)
 def cpu_supported() -> bool:
-    """AVX-512 BF16 without AMX, on x86-64 Linux (checked once)."""
-    global _SUPPORTED
-    if _SUPPORTED is None:
-        flags = cpu_flags() if platform.machine() in ("x86_64", "AMD64") else set()
-        _SUPPORTED = "avx512_bf16" in flags and "amx_bf16" not in flags
-    return _SUPPORTED
+    """AVX-512 BF16 without AMX, on x86-64 Linux."""
+    flags = runtime.cpu_flags() if platform.machine() in ("x86_64", "AMD64") else frozenset()
+    return "avx512_bf16" in flags and "amx_bf16" not in flags
 
 
 def _compile(compiler: list[str], target: Path) -> None:
@@ -144,22 +129,6 @@ def library() -> Optional[ctypes.CDLL]:
             NativeKernels.failed = True
             log.info(f"the native kernels are unavailable ({error}); the compiled ones serve")
     return NativeKernels.library
-
-
-# Module -> {what: (its weights' key, packed tensors)}: packing the PTB
-# model's 10,003 x 256 output weights takes a few milliseconds, once.
-_PACKED: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
-
-
-def _kept(module: nn.Module, what: str, params: tuple, build: Callable[[], tuple]) -> tuple:
-    """``build()`` for ``module``'s ``params``, kept until they change."""
-    key = fused_scoring.weights_key(*params)
-    kept = _PACKED.get(module, {}).get(what)
-    if key is None or kept is None or kept[0] != key:
-        kept = (key, build())
-        if key is not None:
-            _PACKED.setdefault(module, {})[what] = kept
-    return kept[1]
 
 
 def pack(weight: Tensor) -> Tensor:
@@ -219,7 +188,7 @@ def score_tokens(hidden: Tensor, output: nn.Module, targets: Tensor, mask: Tenso
     if lib is None:
         return None
     tile_columns = lib.textvae_score_tile_columns()
-    weight, bias, packed, padded_bias = _kept(output, "output", (output.weight, output.bias),
+    weight, bias, packed, padded_bias = prepared(output, "native output", (output.weight, output.bias),
                                               lambda: _output_weights(output, tile_columns))
     width = hidden.shape[-1]
     states = hidden.detach().to(torch.bfloat16).reshape(-1, width).contiguous()  # (B * T, H)
@@ -263,7 +232,7 @@ def lstm_recurrence(lstm: nn.Module, words: int, h: Tensor, c: Tensor, word_gate
     if lib is None:
         return False
     params = (lstm.weight_hh_l0, lstm.weight_ih_l0)
-    packed = _kept(lstm, f"recurrent {words}", params, lambda: _recurrent_weights(lstm, words))
+    packed = prepared(lstm, f"native recurrent {words}", params, lambda: _recurrent_weights(lstm, words))
     latent = (packed.shape[1] * 2) - width  # D made even; 0 without z
     if z is not None:
         z = z.reshape(rows, -1).to(torch.bfloat16)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import weakref
 from typing import Optional
 
 import torch
@@ -10,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import fused_scoring, native_kernels
+from .prepared import prepared
 
 # Logits per chunk: 2M fp32 values (8 MB) stay in the CPU's caches through the
 # projection, the fp32 cast and the log-softmax, where larger chunks spill out
@@ -32,18 +32,17 @@ def token_log_likelihood(hidden: Tensor, output: nn.Module, targets: Tensor, mas
     """
     batch = hidden.shape[0]
     rows = torch.arange(batch, device=hidden.device).unsqueeze(1).expand_as(mask)[mask]  # (N,)
-    native = native_kernels.score_tokens(hidden, output, targets, mask)  # (N,); None: it does not apply here
-    if native is not None:
-        return torch.zeros(batch, dtype=torch.float32).index_add(0, rows, native)
-    states, gold = hidden[mask], targets[mask]  # (N, H), (N,)
-    chunk_tokens = chunk_tokens or max(16, CHUNK_LOGITS // output.weight.shape[0])
-    pieces = fused_scoring.score(output, states, gold, chunk_tokens)  # None: not inside fused_scoring()
-    if pieces is None:
-        pieces = []
-        for start in range(0, states.shape[0], chunk_tokens):
-            logits = output(states[start: start + chunk_tokens]).float()  # (n, V)
-            pieces.append(-F.cross_entropy(logits, gold[start: start + chunk_tokens], reduction="none"))
-    log_probs = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+    log_probs = native_kernels.score_tokens(hidden, output, targets, mask)  # (N,); None: it does not apply here
+    if log_probs is None:
+        states, gold = hidden[mask], targets[mask]  # (N, H), (N,)
+        chunk_tokens = chunk_tokens or max(16, CHUNK_LOGITS // output.weight.shape[0])
+        pieces = fused_scoring.score(output, states, gold, chunk_tokens)  # None: not inside fused_scoring()
+        if pieces is None:
+            pieces = []
+            for start in range(0, states.shape[0], chunk_tokens):
+                logits = output(states[start: start + chunk_tokens]).float()  # (n, V)
+                pieces.append(-F.cross_entropy(logits, gold[start: start + chunk_tokens], reduction="none"))
+        log_probs = torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
     return torch.zeros(batch, device=hidden.device, dtype=torch.float32).index_add(0, rows, log_probs)
 
 
@@ -53,11 +52,6 @@ SCREEN_BLOCK = 128  # logits per block of the first search
 SCREEN_DENSE_BLOCKS = 8  # a row with more blocks within reach takes the fp32 product
 BF16_UNIT = 2.0 ** -8  # unit roundoff of bf16 (8 significant bits, round to nearest)
 FP32_UNIT = 2.0 ** -24
-
-
-# Output layer -> (its weights' key, ScreenedArgmax._prepare of them): the bf16
-# copy costs about 2 ms at PTB size, a tenth of a one-sentence reconstruction.
-_PREPARED: "weakref.WeakKeyDictionary[nn.Linear, tuple]" = weakref.WeakKeyDictionary()
 
 
 class ScreenedArgmax:
@@ -89,13 +83,9 @@ class ScreenedArgmax:
 
     def __init__(self, output: nn.Linear) -> None:
         self.output = output
-        key = fused_scoring.weights_key(output.weight, output.bias)
-        prepared = _PREPARED.get(output)
-        if key is None or prepared is None or prepared[0] != key:  # new or changed weights (training, loading)
-            prepared = (key, self._prepare(output))
-            if key is not None:
-                _PREPARED[output] = prepared
-        self.weight, self.bias, self.width, self.weight_bf16, self.slope, self.offset = prepared[1]
+        # The bf16 copy costs about 2 ms at PTB size, a tenth of a one-sentence reconstruction: made once.
+        kept = prepared(output, "screen", (output.weight, output.bias), lambda: self._prepare(output))
+        self.weight, self.bias, self.width, self.weight_bf16, self.slope, self.offset = kept
         self.hidden: Optional[Tensor] = None
         self.bound: Optional[Tensor] = None
 
