@@ -40,7 +40,7 @@ def plain_worker(args) -> None:
     import torch
     import torch.nn.functional as F
 
-    from benchmark import PlainLSTMVAE  # scripts/ is on sys.path when this file runs
+    from bench_training import PlainLSTMVAE  # scripts/ is on sys.path when this file runs
     from textvae.config import build_config
     from textvae.data import collate, load_splits, read_texts
     from textvae.tokenization import build_tokenizer

@@ -88,5 +88,5 @@ def _fit_prior(args: argparse.Namespace) -> None:
     fitted = (f"mixture prior: {figures['components']} components fitted to {figures['points']:,} posterior means "
               f"in {figures['iterations']} EM steps" if kind == "gmm" else
               f"exemplar prior: the posteriors of {figures['components']:,} training sentences")
-    log.info(f"{fitted}; mean log-density of the means fitted to {figures['log_likelihood']:.2f} nats "
+    log.info(f"{fitted}; mean log-density of the posterior means it was fitted to: {figures['log_likelihood']:.2f} nats "
              f"(N(0, I): {figures['normal_log_likelihood']:.2f}); {run} now samples from it")
